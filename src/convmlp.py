@@ -1,0 +1,393 @@
+"""ConvMLP: Hierarchical Convolutional MLPs for Vision (Li et al., arXiv 2109.04454).
+
+Pure PyTorch (no timm, no OpenMMLab). Module and parameter names follow the authors' released
+checkpoints, so those load with ``strict=True``:
+
+    tokenizer.block.{0..9}                    conv-BN-ReLU x3, max-pool        (B,3,H,W) -> (B,C,H/4,W/4)
+    conv_stages.conv_blocks.{i}.{0..8}        residual conv bottlenecks        (B,C,H/4,W/4)
+    conv_stages.downsample                    conv3x3 s2                       -> (B,d0,H/8,W/8)
+    stages.{i}.blocks.{j}.*                   ConvMLP blocks, channels-last    (B,h,w,d_i)
+    stages.{i}.downsample_mlp.downsample      conv3x3 s2 (all but last stage)  -> (B,h/2,w/2,d_{i+1})
+    norm, head                                LayerNorm, Linear (classifier only)
+
+The MLP stages work on channels-last ``(B, H, W, C)`` tensors: LayerNorm and Linear act on the last
+dim, and the depthwise and downsampling convs see an NCHW *view* of the same memory, so a model and
+input in ``torch.channels_last`` run without a single layout copy.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ['ConvMLP', 'convmlp_s', 'convmlp_m', 'convmlp_l', 'MIN_INPUT_SIZE']
+
+MIN_INPUT_SIZE = 32
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f'ConvMLP expects a 4-D image batch (B, 3, H, W); got shape {tuple(x.shape)}')
+    if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+        raise ValueError(f'ConvMLP expects H and W >= {MIN_INPUT_SIZE} px; got {x.shape[2]}x{x.shape[3]}: '
+                         f'resize or pad the input')
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples of a residual branch with prob ``drop_prob``, rescale the rest."""
+    if drop_prob == 0. or not training:
+        return x
+    keep = 1. - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode)."""
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:.3f}'
+
+
+def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> List[nn.Module]:
+    """conv (no bias) -> BN -> ReLU, as a list so callers keep the release's flat Sequential indices."""
+    return [nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_chs), nn.ReLU(inplace=True)]
+
+
+class ConvTokenizer(nn.Module):
+    """Three 3x3 conv-BN-ReLU and a 3x3/2 max-pool: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+
+    def __init__(self, embed_dim: int = 64):
+        super().__init__()
+        self.block = nn.Sequential(
+            *conv_bn_relu(3, embed_dim // 2, 3, stride=2),
+            *conv_bn_relu(embed_dim // 2, embed_dim // 2, 3),
+            *conv_bn_relu(embed_dim // 2, embed_dim, 3),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ConvStage(nn.Module):
+    """Residual 1x1-3x3-1x1 bottlenecks, then a 3x3/2 conv: (B, C, H, W) -> (B, d0, H/2, W/2)."""
+
+    def __init__(self, num_blocks: int = 2, embed_dim_in: int = 64, hidden_dim: int = 128,
+                 embed_dim_out: int = 128):
+        super().__init__()
+        self.conv_blocks = nn.ModuleList([
+            nn.Sequential(
+                *conv_bn_relu(embed_dim_in, hidden_dim, 1),
+                *conv_bn_relu(hidden_dim, hidden_dim, 3),
+                *conv_bn_relu(hidden_dim, embed_dim_in, 1),
+            ) for _ in range(num_blocks)])
+        self.downsample = nn.Conv2d(embed_dim_in, embed_dim_out, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.conv_blocks:
+            x = x + block(x)
+        return self.downsample(x)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear over the last dim: (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def nchw_view(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W) view (no copy; channels_last strides when ``x`` is contiguous)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def nhwc_view(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C) view (no copy; contiguous when ``x`` is channels_last)."""
+    return x.permute(0, 2, 3, 1)
+
+
+class ConvMLPBlock(nn.Module):
+    """MLP, depthwise 3x3 conv (no residual around it), MLP: (B, H, W, C) -> (B, H, W, C)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 1., drop_path_rate: float = 0.):
+        super().__init__()
+        hidden_dim = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.channel_mlp1 = Mlp(dim, hidden_dim)
+        self.connect_norm = nn.LayerNorm(dim)
+        self.connect = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.channel_mlp2 = Mlp(dim, hidden_dim)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.channel_mlp1(self.norm1(x)))
+        x = nhwc_view(self.connect(nchw_view(self.connect_norm(x))))
+        x = x + self.drop_path(self.channel_mlp2(self.norm2(x)))
+        return x
+
+
+class ConvDownsample(nn.Module):
+    """3x3/2 conv between stages on channels-last tensors: (B, H, W, C) -> (B, H/2, W/2, C')."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.downsample = nn.Conv2d(dim_in, dim_out, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nhwc_view(self.downsample(nchw_view(x)))
+
+
+class ConvMLPStage(nn.Module):
+    """``num_blocks`` ConvMLP blocks, then an optional downsample: (B, H, W, C) -> (B, H', W', C')."""
+
+    def __init__(self, num_blocks: int, dim: int, dim_out: Optional[int], mlp_ratio: float,
+                 drop_path_rate: float):
+        super().__init__()
+        rates = torch.linspace(0, drop_path_rate, num_blocks).tolist()
+        self.blocks = nn.ModuleList([ConvMLPBlock(dim, mlp_ratio, rate) for rate in rates])
+        self.downsample_mlp = ConvDownsample(dim, dim_out) if dim_out is not None else nn.Identity()
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.downsample_mlp(x)
+
+
+class ConvMLP(nn.Module):
+    """ConvMLP classifier / dense-prediction backbone.
+
+    ``forward(x)`` with ``x`` of shape (B, 3, H, W), H and W >= 32 (any values, not only multiples of 32):
+      * ``classifier_head=True``: logits (B, num_classes); (B, dims[-1]) pooled features if num_classes=0.
+      * ``classifier_head=False``: the four dense-prediction maps of :meth:`forward_dense`.
+    """
+
+    def __init__(
+            self,
+            blocks: Sequence[int],
+            dims: Sequence[int],
+            mlp_ratios: Sequence[float],
+            channels: int = 64,
+            n_conv_blocks: int = 3,
+            num_classes: int = 1000,
+            classifier_head: bool = True,
+            drop_path_rate: float = 0.1,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+    ):
+        super().__init__()
+        if in_chans != 3:
+            raise ValueError(f'ConvMLP takes RGB input (in_chans=3); got in_chans={in_chans}')
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"ConvMLP supports global_pool 'avg' or '' (none); got {global_pool!r}")
+        if not len(blocks) == len(dims) == len(mlp_ratios):
+            raise ValueError(f'blocks, dims and mlp_ratios need one entry per stage; got '
+                             f'{len(blocks)}, {len(dims)}, {len(mlp_ratios)}')
+        self.dims = tuple(dims)
+        self.num_classes = num_classes
+        self.classifier_head = classifier_head
+        self.global_pool = global_pool
+        self.drop_path_rate = drop_path_rate
+        self.num_features = self.head_hidden_size = dims[-1]
+
+        self.tokenizer = ConvTokenizer(embed_dim=channels)
+        self.conv_stages = ConvStage(n_conv_blocks, embed_dim_in=channels, hidden_dim=dims[0],
+                                     embed_dim_out=dims[0])
+        self.stages = nn.ModuleList([
+            ConvMLPStage(blocks[i], dims[i], dims[i + 1] if i + 1 < len(dims) else None, mlp_ratios[i],
+                         drop_path_rate)
+            for i in range(len(blocks))])
+        if classifier_head:
+            self.norm = nn.LayerNorm(dims[-1])
+            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        else:
+            self.norm = nn.Identity()
+            self.head = nn.Identity()
+        # (name, channels, stride) of the maps forward_dense returns, as timm's feature_info
+        self.feature_info = [
+            dict(module='tokenizer', num_chs=channels, reduction=4),
+            dict(module='conv_stages', num_chs=dims[0], reduction=8),
+            dict(module='stages.0', num_chs=dims[1], reduction=16),
+            dict(module=f'stages.{len(dims) - 1}', num_chs=dims[-1], reduction=2 ** (len(dims) + 2)),
+        ]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Conv1d)):
+            nn.init.trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm model API -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^tokenizer|^conv_stages',
+                    blocks=r'^stages\.(\d+)' if coarse else [(r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                                                              (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if not self.classifier_head:
+            raise ValueError('this ConvMLP was built without classifier head (classifier_head=False)')
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"ConvMLP supports global_pool 'avg' or ''; got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(self._init_weights)
+
+    def _stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_input(x)
+        tokens = self.tokenizer(x)
+        return tokens, self.conv_stages(tokens)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> normed last-stage map (B, dims[-1], H/32, W/32), e.g. 7x7 at 224."""
+        _, x = self._stem(x)
+        x = nhwc_view(x)
+        for stage in self.stages:
+            x = stage(x)
+        return nchw_view(self.norm(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, C, h, w) map from forward_features -> logits (B, num_classes), or pooled (B, C)."""
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(x)
+
+    def forward_dense(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """(B, 3, H, W) -> four NCHW maps at strides 4, 8, 16, 32 with channels
+        (C, dims[0], dims[1], dims[2]): tokenizer, conv stage, stage 0 after its downsample, last stage."""
+        tokens, x = self._stem(x)
+        outs = [tokens, x]
+        x = nhwc_view(x)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == 0:
+                outs.append(nchw_view(x))
+        outs.append(nchw_view(x))
+        return outs
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, Sequence[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's feature API over the four dense-prediction maps (indices 0..3, negatives allowed)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"ConvMLP returns intermediates as 'NCHW'; got output_fmt={output_fmt!r}")
+        take = _feature_indices(indices, len(self.feature_info))
+        feats = self.forward_dense(x)
+        if norm and len(self.feature_info) - 1 in take:
+            feats[-1] = nchw_view(self.norm(nhwc_view(feats[-1])))
+        intermediates = [feats[i] for i in take]
+        if intermediates_only:
+            return intermediates
+        return nchw_view(self.norm(nhwc_view(feats[-1]))), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the requested feature maps do not need (norm and head here)."""
+        take = _feature_indices(indices, len(self.feature_info))
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take
+
+    def forward(self, x: torch.Tensor):
+        if not self.classifier_head:
+            return self.forward_dense(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def _feature_indices(indices: Optional[Union[int, Sequence[int]]], n: int) -> List[int]:
+    """timm convention: None = all, int k = last k, sequence = those (negative from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f'ConvMLP has {n} feature maps; cannot take the last {indices}')
+        return list(range(n - indices, n))
+    take = []
+    for i in indices:
+        if not -n <= i < n:
+            raise ValueError(f'ConvMLP feature index {i} out of range: valid are 0..{n - 1} (or negatives)')
+        take.append(i % n)
+    return take
+
+
+ARCHS = {
+    'convmlp_s': dict(blocks=(2, 4, 2), mlp_ratios=(2, 2, 2), dims=(128, 256, 512), channels=64, n_conv_blocks=2),
+    'convmlp_m': dict(blocks=(3, 6, 3), mlp_ratios=(3, 3, 3), dims=(128, 256, 512), channels=64, n_conv_blocks=3),
+    'convmlp_l': dict(blocks=(4, 8, 3), mlp_ratios=(3, 3, 3), dims=(192, 384, 768), channels=96, n_conv_blocks=3),
+}
+
+
+def _create(arch: str, pretrained: Union[bool, str], progress: bool, **kwargs) -> ConvMLP:
+    model = ConvMLP(**ARCHS[arch], **kwargs)
+    if pretrained:
+        from .weights import load_pretrained
+        load_pretrained(model, arch if pretrained is True else pretrained, progress=progress)
+    return model
+
+
+def convmlp_s(pretrained: Union[bool, str] = False, progress: bool = False, num_classes: int = 1000,
+              classifier_head: bool = True, **kwargs) -> ConvMLP:
+    """ConvMLP-S (9.0M params, 2.4G MACs at 224). ``pretrained``: True for the ImageNet-1k release,
+    or a local path / URL of a checkpoint."""
+    return _create('convmlp_s', pretrained, progress, num_classes=num_classes,
+                   classifier_head=classifier_head, **kwargs)
+
+
+def convmlp_m(pretrained: Union[bool, str] = False, progress: bool = False, num_classes: int = 1000,
+              classifier_head: bool = True, **kwargs) -> ConvMLP:
+    """ConvMLP-M (17.4M params, 3.9G MACs at 224); ``pretrained`` as for :func:`convmlp_s`."""
+    return _create('convmlp_m', pretrained, progress, num_classes=num_classes,
+                   classifier_head=classifier_head, **kwargs)
+
+
+def convmlp_l(pretrained: Union[bool, str] = False, progress: bool = False, num_classes: int = 1000,
+              classifier_head: bool = True, **kwargs) -> ConvMLP:
+    """ConvMLP-L (42.7M params, 9.9G MACs at 224); ``pretrained`` as for :func:`convmlp_s`."""
+    return _create('convmlp_l', pretrained, progress, num_classes=num_classes,
+                   classifier_head=classifier_head, **kwargs)

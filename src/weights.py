@@ -1,0 +1,221 @@
+"""Fetching and loading ConvMLP checkpoints safely.
+
+* Sources: a name from :mod:`src.zoo` (``convmlp_s``, ``convmlp_s_cifar10``...), an ``http(s)://`` or
+  ``file://`` URL, or a local path.
+* Downloads go to the torch hub cache (``$TORCH_HOME/hub/checkpoints``) through a temporary file that is
+  checked (length, optional SHA-256, loadable) before it is renamed into place: a broken download never
+  leaves a file in the cache.
+* Every file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+* Checkpoint wrappers (``state_dict``, ``model``, ``state_dict_ema``, ``module.`` prefixes) are unwrapped.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from . import zoo
+
+__all__ = ['CheckpointError', 'cache_path', 'download', 'load_checkpoint_file', 'load_state_dict',
+           'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict']
+
+WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module')
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be fetched or read; the message says where, why and what to do."""
+
+
+def cache_path(url: str) -> Path:
+    """Where ``url`` is cached: ``<torch hub dir>/checkpoints/<file name>``."""
+    name = os.path.basename(urllib.parse.urlparse(url).path) or 'checkpoint.pth'
+    return Path(torch.hub.get_dir()) / 'checkpoints' / name
+
+
+def _is_url(source: str) -> bool:
+    return urllib.parse.urlparse(source).scheme in ('http', 'https', 'file', 'ftp')
+
+
+def download(url: str, progress: bool = False, sha256: Optional[str] = None, timeout: float = 60.) -> Path:
+    """Download ``url`` into the hub cache (once) and return the cached path.
+
+    The body goes to a temporary file next to the target; it is renamed into place only after its length
+    matches Content-Length, its SHA-256 matches ``sha256`` (if given) and it loads as a checkpoint.
+    Raises :class:`CheckpointError` naming the URL, the cache path and the cause.
+    """
+    dst = cache_path(url)
+    if dst.is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{dst.name}.', suffix='.part', dir=dst.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            _fetch(url, f, progress, timeout)
+            f.flush()
+            os.fsync(f.fileno())
+        if sha256 is not None:
+            digest = _sha256(tmp)
+            if digest != sha256.lower():
+                raise CheckpointError(f'SHA-256 mismatch: expected {sha256}, got {digest}')
+        load_checkpoint_file(tmp)
+        os.replace(tmp, dst)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        cause = e.args[0] if isinstance(e, CheckpointError) else f'{type(e).__name__}: {e}'
+        raise CheckpointError(
+            f'could not fetch ConvMLP weights from {url} ({cause}); download the file by hand to {dst}, or '
+            f'set {zoo.BASE_ENV} to a mirror or local folder, or pass a local path') from e
+    return dst
+
+
+def _fetch(url: str, f, progress: bool, timeout: float) -> None:
+    req = urllib.request.Request(url, headers={'User-Agent': 'convmlp'})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        total = r.headers.get('Content-Length')
+        total = int(total) if total is not None else None
+        done = 0
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            f.write(chunk)
+            done += len(chunk)
+            if progress:
+                _report(done, total)
+        if progress:
+            sys.stderr.write('\n')
+    if total is not None and done != total:
+        raise CheckpointError(f'connection closed after {done} of {total} bytes')
+
+
+def _report(done: int, total: Optional[int]) -> None:
+    mb = done / 2 ** 20
+    if total:
+        pct = 100 * done / total
+        bar = '#' * int(pct / 4)
+        sys.stderr.write(f'\r  [{bar:<25}] {pct:5.1f}% {mb:.1f}/{total / 2 ** 20:.1f} MiB')
+    else:
+        sys.stderr.write(f'\r  {mb:.1f} MiB')
+    sys.stderr.flush()
+
+
+def _sha256(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_checkpoint_file(path: Union[str, Path]) -> dict:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors that say what was wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every load failure becomes one clear message
+        size = path.stat().st_size
+        glob = re.search(r'unsupported GLOBAL (\S+)', str(e))
+        if glob:
+            why = (f'it would call {glob.group(1)} when unpickled (Python objects, not tensors); refused '
+                   f'with weights_only=True and nothing was run. Re-save it as a plain state_dict if you trust it')
+        else:
+            why = f'truncated or not a PyTorch checkpoint ({_first_line(e)})'
+        raise CheckpointError(f'cannot read checkpoint {path} ({size} bytes): {why}') from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'checkpoint {path} holds a {type(obj).__name__}, not a state dict')
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if ln.startswith(('Unsupported', 'invalid load key'))), lines[0] if lines else '')
+    return f'{type(e).__name__}: {detail[:160]}'
+
+
+def unwrap_state_dict(obj: dict, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Peel training wrappers off a checkpoint: ``{'state_dict'|'model'|'state_dict_ema': sd}`` and
+    ``module.`` prefixes (DataParallel/DDP). ``use_ema`` prefers the EMA weights when both are present."""
+    order = ('state_dict_ema', 'model_ema') + WRAPPER_KEYS if use_ema else WRAPPER_KEYS
+    while True:
+        key = next((k for k in order if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            break
+        obj = obj[key]
+    sd = {}
+    for k, v in obj.items():
+        if not torch.is_tensor(v):
+            continue
+        while k.startswith('module.'):
+            k = k[len('module.'):]
+        sd[k] = v
+    if not sd:
+        raise CheckpointError('checkpoint holds no tensors: not a model state dict')
+    return sd
+
+
+def load_state_dict(source: Union[str, Path], progress: bool = False, use_ema: bool = False,
+                    sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """State dict from a zoo name, a URL or a local path (see module docstring)."""
+    source = str(source)
+    if not _is_url(source) and not os.path.exists(source):
+        if source in zoo.weight_names():
+            sha256 = sha256 or zoo.SHA256.get(source)
+            source = zoo.weight_url(source)
+        elif os.sep in source or source.endswith(('.pth', '.pt', '.tar', '.bin')):
+            raise CheckpointError(f'checkpoint not found: {source}')
+        else:
+            zoo.weight_url(source)  # raises KeyError with the closest known name
+    if source.startswith('file://'):
+        source = urllib.request.url2pathname(urllib.parse.urlparse(source).path)
+    path = download(source, progress=progress, sha256=sha256) if _is_url(source) else source
+    return unwrap_state_dict(load_checkpoint_file(path), use_ema=use_ema)
+
+
+def adapt_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Fit a ConvMLP checkpoint to ``model``: drop ``norm``/``head`` for a model without classifier head,
+    and drop a head whose class count differs (warning) so it stays freshly initialised."""
+    own = model.state_dict()
+    sd = dict(state_dict)
+    for k in [k for k in sd if k.split('.')[0] in ('norm', 'head')]:
+        if k not in own:
+            del sd[k]
+    head = [k for k in sd if k.startswith('head.')]
+    if head and any(sd[k].shape != own[k].shape for k in head):
+        warnings.warn(f'checkpoint head has {sd["head.weight"].shape[0]} classes, the model '
+                      f'{own["head.weight"].shape[0]}: head left freshly initialised, the rest loaded')
+        for k in head:
+            del sd[k]
+    return sd
+
+
+def load_pretrained(model: nn.Module, source: Union[str, Path], progress: bool = False,
+                    use_ema: bool = False) -> None:
+    """Load a checkpoint into a ConvMLP: every key must match, except a head dropped by
+    :func:`adapt_state_dict`."""
+    sd = adapt_state_dict(model, load_state_dict(source, progress=progress, use_ema=use_ema))
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.startswith('head.')]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+             if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f'checkpoint {source} does not fit this model (is it a ConvMLP of this size?): '
+                              f'{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected '
+                              f'{unexpected[:3]}, {len(wrong)} of other shape {wrong[:3]}')
+    model.load_state_dict(sd, strict='head.weight' in sd or 'head.weight' not in own)

@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated torch hub cache and a local HTTP server that serves checkpoints."""
+import http.server
+import os
+import socketserver
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MANIFEST = ROOT / 'tests' / 'data' / 'convmlp_state_dict_manifest.json'  # copy of ../shared's
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """torch hub cache in a fresh temporary folder; returns its checkpoints/ folder."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    yield tmp_path / 'hub' / 'checkpoints'
+    torch.hub.set_dir(old)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        route = self.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        mode, body = route
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        if mode == 'truncate':  # promise the whole body, send half, hang up
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server():
+    """Serve ``routes[path] = (mode, bytes)`` on 127.0.0.1; mode 'ok' or 'truncate'. Yields
+    (base_url, routes)."""
+    routes = {}
+    handler = type('Handler', (_Handler,), {'routes': routes})
+    server = socketserver.ThreadingTCPServer(('127.0.0.1', 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}', routes
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from . import zoo
+from .atomic import atomic_write
 
 __all__ = ['CheckpointError', 'cache_path', 'download', 'load_checkpoint_file', 'load_state_dict',
            'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict']
@@ -50,31 +50,25 @@ def _is_url(source: str) -> bool:
 def download(url: str, progress: bool = False, sha256: Optional[str] = None, timeout: float = 60.) -> Path:
     """Download ``url`` into the hub cache (once) and return the cached path.
 
-    The body goes to a temporary file next to the target; it is renamed into place only after its length
-    matches Content-Length, its SHA-256 matches ``sha256`` (if given) and it loads as a checkpoint.
+    The body goes to a temporary file next to the target (:func:`atomic_write`); it is renamed into place
+    only after its length matches Content-Length, its SHA-256 matches ``sha256`` (if given) and it loads as a checkpoint.
     Raises :class:`CheckpointError` naming the URL, the cache path and the cause.
     """
     dst = cache_path(url)
     if dst.is_file():
         return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dst.name}.', suffix='.part', dir=dst.parent)
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with atomic_write(dst) as f:
             _fetch(url, f, progress, timeout)
             f.flush()
-            os.fsync(f.fileno())
-        if sha256 is not None:
-            digest = _sha256(tmp)
-            if digest != sha256.lower():
-                raise CheckpointError(f'SHA-256 mismatch: expected {sha256}, got {digest}')
-        load_checkpoint_file(tmp)
-        os.replace(tmp, dst)
+            if sha256 is not None:
+                digest = _sha256(f.name)
+                if digest != sha256.lower():
+                    raise CheckpointError(f'SHA-256 mismatch: expected {sha256}, got {digest}')
+            load_checkpoint_file(f.name)
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
         cause = e.args[0] if isinstance(e, CheckpointError) else f'{type(e).__name__}: {e}'
         raise CheckpointError(
             f'could not fetch ConvMLP weights from {url} ({cause}); download the file by hand to {dst}, or '

@@ -26,12 +26,16 @@ __all__ = ['ConvMLP', 'convmlp_s', 'convmlp_m', 'convmlp_l', 'MIN_INPUT_SIZE']
 MIN_INPUT_SIZE = 32
 
 
-def _check_input(x: torch.Tensor) -> None:
+def _check_input(x: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise ValueError unless ``x`` is a (B, 3, H>=32, W>=32) floating batch the model can take."""
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f'ConvMLP expects a 4-D image batch (B, 3, H, W); got shape {tuple(x.shape)}')
     if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
         raise ValueError(f'ConvMLP expects H and W >= {MIN_INPUT_SIZE} px; got {x.shape[2]}x{x.shape[3]}: '
                          f'resize or pad the input')
+    if x.dtype != dtype and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+        raise ValueError(f'ConvMLP expects {dtype} input (the dtype of its weights); got {x.dtype}: convert '
+                         f'with x.to({dtype}) or run under torch.autocast')
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -272,7 +276,7 @@ class ConvMLP(nn.Module):
         self.head.apply(self._init_weights)
 
     def _stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        _check_input(x)
+        _check_input(x, self.tokenizer.block[0].weight.dtype)
         tokens = self.tokenizer(x)
         return tokens, self.conv_stages(tokens)
 

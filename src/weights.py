@@ -124,7 +124,7 @@ def load_checkpoint_file(path: Union[str, Path]) -> dict:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - every load failure becomes one clear message
         size = path.stat().st_size
-        glob = re.search(r'unsupported GLOBAL (\S+)', str(e))
+        glob = re.search(r'GLOBAL (\S+)', str(e))
         if glob:
             why = (f'it would call {glob.group(1)} when unpickled (Python objects, not tensors); refused '
                    f'with weights_only=True and nothing was run. Re-save it as a plain state_dict if you trust it')

@@ -1,6 +1,7 @@
 """The model zoo in one place: release URLs and the paper's numbers (arXiv 2109.04454).
 
-The README table, timm's pretrained configs and tools/complexity.py all read from here.
+The README table (:func:`markdown_table`, printed by ``tools/zoo_table.py``), timm's pretrained configs
+and tools/complexity.py all read from here.
 
 The release host has moved once already. Point every URL at a mirror, or a local folder laid out like
 the release's ``checkpoints/`` directory, without code changes::
@@ -10,6 +11,7 @@ the release's ``checkpoints/`` directory, without code changes::
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 RELEASE_BASE = 'https://shi-labs.com/projects/convmlp/checkpoints'
 BASE_ENV = 'CONVMLP_WEIGHTS_BASE'
@@ -22,6 +24,16 @@ IMAGENET = {
     'convmlp_m': dict(top1=79.0, params=17.4, macs=3.9),
     'convmlp_l': dict(top1=80.2, params=42.7, macs=9.9),
 }
+
+# The same at the release's precision (fvcore's count): params in M, MACs at 224 in G.
+IMAGENET_PRECISE = {
+    'convmlp_s': dict(params=9.02, macs=2.399),
+    'convmlp_m': dict(params=17.41, macs=3.948),
+    'convmlp_l': dict(params=42.73, macs=9.904),
+}
+
+NAMES = {'convmlp_s': 'ConvMLP-S', 'convmlp_m': 'ConvMLP-M', 'convmlp_l': 'ConvMLP-L'}
+DATASET_NAMES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'flowers102': 'Flowers-102'}
 
 # Fine-tuned from ImageNet: dataset -> variant -> (top-1, params in M).
 FINETUNED = {
@@ -49,6 +61,13 @@ SEMANTIC_FPN = {
     'convmlp_l': dict(miou=40.0, params=46.3),
 }
 
+# Config (relative to the repository root) of each detection / segmentation checkpoint.
+CONFIGS = {
+    **{f'{det}_{v}_coco': f'configs/detection/{det}_{v}_fpn_1x_coco.py' for det in ('maskrcnn', 'retinanet')
+       for v in VARIANTS},
+    **{f'sem_fpn_{v}_ade20k': f'configs/segmentation/fpn_{v}_512x512_40k_ade20k.py' for v in VARIANTS},
+}
+
 # File names of the release, relative to its checkpoints/ folder.
 _FILES = {
     **{v: f'{v}_imagenet.pth' for v in VARIANTS},
@@ -67,13 +86,56 @@ def weight_names() -> list:
     return sorted(_FILES)
 
 
-def weight_url(name: str) -> str:
+def weight_url(name: str, base: Optional[str] = None) -> str:
     """URL (or local path, under a local ``CONVMLP_WEIGHTS_BASE``) of a released checkpoint by name,
-    e.g. ``convmlp_s`` (ImageNet), ``convmlp_s_cifar10``, ``retinanet_convmlp_s_coco``."""
+    e.g. ``convmlp_s`` (ImageNet), ``convmlp_s_cifar10``, ``retinanet_convmlp_s_coco``. ``base``
+    overrides ``CONVMLP_WEIGHTS_BASE`` and the release host."""
     if name not in _FILES:
         import difflib
         close = difflib.get_close_matches(name, _FILES, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f'; known: {", ".join(sorted(_FILES))}'
         raise KeyError(f'unknown ConvMLP checkpoint {name!r}{hint}')
-    base = os.environ.get(BASE_ENV) or RELEASE_BASE
+    base = base or os.environ.get(BASE_ENV) or RELEASE_BASE
     return f'{base.rstrip("/")}/{_FILES[name]}'
+
+
+def _link(name: str) -> str:
+    url = weight_url(name, base=RELEASE_BASE)  # the README names the release, whatever the environment
+    return f'[{url.rsplit("/", 1)[-1]}]({url})'
+
+
+def _triple(values) -> str:
+    return ' / '.join(f'{v:.1f}' for v in values)
+
+
+def markdown_table() -> str:
+    """The README's model zoo: every released checkpoint with the paper's numbers, as Markdown."""
+    from .markdown import table
+    imagenet = table(
+        ['Model', 'timm name', 'Params', 'MACs @224', 'Top-1', 'Weights'],
+        [[NAMES[v], f'`{v}`', f'{IMAGENET[v]["params"]:.1f}M', f'{IMAGENET[v]["macs"]:.1f}G',
+          f'{IMAGENET[v]["top1"]:.1f}', _link(v)] for v in VARIANTS], align='llrrrl')
+    finetuned = table(
+        ['Model', 'Dataset', 'Classes', 'Params', 'Top-1', 'Weights'],
+        [[NAMES[v], DATASET_NAMES[d], FINETUNED_CLASSES[d], f'{FINETUNED[d][v][1]:.2f}M',
+          f'{FINETUNED[d][v][0]:.1f}', _link(f'{v}_{d}')] for d in FINETUNED for v in VARIANTS],
+        align='llrrrl')
+    coco = table(
+        ['Detector', 'Backbone', 'Params', 'Box AP / AP50 / AP75', 'Mask AP / AP50 / AP75', 'Config',
+         'Weights'],
+        [[det_name, NAMES[v], f'{metrics[v]["params"]:.1f}M', _triple(metrics[v]['box']),
+          _triple(metrics[v]['mask']) if 'mask' in metrics[v] else '-',
+          f'`{CONFIGS[f"{det}_{v}_coco"]}`', _link(f'{det}_{v}_coco')]
+         for det, det_name, metrics in (('maskrcnn', 'Mask R-CNN', MASKRCNN), ('retinanet', 'RetinaNet', RETINANET))
+         for v in VARIANTS], align='llrrrll')
+    ade = table(
+        ['Segmentor', 'Backbone', 'Params', 'mIoU', 'Config', 'Weights'],
+        [['Semantic FPN', NAMES[v], f'{SEMANTIC_FPN[v]["params"]:.1f}M', f'{SEMANTIC_FPN[v]["miou"]:.1f}',
+          f'`{CONFIGS[f"sem_fpn_{v}_ade20k"]}`', _link(f'sem_fpn_{v}_ade20k')] for v in VARIANTS],
+        align='llrrll')
+    return '\n\n'.join([
+        '**ImageNet-1k** (224x224; MACs counted as fvcore counts them)', imagenet,
+        '**Fine-tuned from ImageNet-1k** (224x224)', finetuned,
+        '**COCO 2017** (1x schedule, 12 epochs)', coco,
+        '**ADE20K** (Semantic FPN, 512x512, 40k iterations, single-scale mIoU)', ade,
+    ])

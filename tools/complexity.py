@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -131,7 +132,9 @@ def build_from_config(config: Path) -> nn.Module:
     from mmengine.registry import MODELS, init_default_scope
     cfg = Config.fromfile(str(config))  # imports the config's custom_imports
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    return MODELS.build(cfg.model)
+    with warnings.catch_warnings():  # mmseg's notes on its loss defaults say nothing about the size
+        warnings.simplefilter('ignore', UserWarning)
+        return MODELS.build(cfg.model)
 
 
 DENSE = (('maskrcnn_{}_coco', 'Mask R-CNN', 'mmdet', zoo.MASKRCNN),

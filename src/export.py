@@ -1,0 +1,101 @@
+"""Export ConvMLP to ONNX and TorchScript, each checked against the eager model before it is written.
+
+* ONNX: the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``; the dynamo exporter would
+  need onnxscript), opset 17, dynamic batch, height and width on the input and on every output.
+  The check runs onnxruntime on the same inputs as the eager model.
+* TorchScript: traced (ConvMLP has no data-dependent control flow; the input checks of
+  ``ConvMLP.forward`` are Python-side and are not part of the traced graph). The check reloads the
+  serialised module and runs it.
+
+The model is exported as it is: with its classifier head it returns logits (B, num_classes), built with
+``classifier_head=False`` the four feature maps (strides 4, 8, 16, 32). Fuse BatchNorm first
+(``model.fuse()``) for an inference-only graph with fewer ops.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ['output_names', 'onnx_bytes', 'onnx_max_diff', 'torchscript_bytes', 'torchscript_max_diff']
+
+OPSET = 17
+INPUT_NAME = 'image'
+
+
+def output_names(model: nn.Module) -> List[str]:
+    """``['logits']`` for a classifier; ``['feature_s4', 'feature_s8', ...]`` for a dense backbone."""
+    if getattr(model, 'classifier_head', True):
+        return ['logits']
+    return [f'feature_s{info["reduction"]}' for info in model.feature_info]
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence the tracer's notes on the Python-side input checks and the deprecation notes of the
+    TorchScript-based exporters (both still supported by torch 2.x)."""
+    with warnings.catch_warnings():
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning):
+            warnings.simplefilter('ignore', category)
+        yield
+
+
+def _as_list(out) -> List[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _max_diff(a: Sequence, b: Sequence) -> float:
+    return max(float(np.abs(np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)).max())
+               for x, y in zip(a, b))
+
+
+@torch.no_grad()
+def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> bytes:
+    """The serialised ONNX model of ``model`` (eval mode), traced on ``example`` (B, 3, H, W); batch,
+    height and width are dynamic."""
+    names = output_names(model)
+    dynamic = {INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'}}
+    dynamic.update({n: {0: 'batch'} if n == 'logits' else {0: 'batch', 2: f'{n}_height', 3: f'{n}_width'}
+                    for n in names})
+    buf = io.BytesIO()
+    with _quiet_tracing():
+        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic,
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def onnx_max_diff(onnx_model: bytes, model: nn.Module, inputs: Sequence[torch.Tensor]) -> Dict[Tuple, float]:
+    """Max abs difference between onnxruntime (CPU) and the eager ``model`` over all outputs, per input
+    shape."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(onnx_model, providers=['CPUExecutionProvider'])
+    model.eval()
+    return {tuple(x.shape): _max_diff(session.run(None, {INPUT_NAME: x.numpy()}),
+                                      [t.numpy() for t in _as_list(model(x))]) for x in inputs}
+
+
+@torch.no_grad()
+def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    """The serialised TorchScript module (``torch.jit.trace`` of ``model`` in eval mode on ``example``)."""
+    with _quiet_tracing():
+        traced = torch.jit.trace(model.eval(), example, strict=getattr(model, 'classifier_head', True))
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def torchscript_max_diff(scripted: bytes, model: nn.Module, inputs: Sequence[torch.Tensor]) -> Dict[Tuple, float]:
+    """Max abs difference between the reloaded TorchScript module and the eager ``model``, per input shape."""
+    with _quiet_tracing():
+        loaded = torch.jit.load(io.BytesIO(scripted), map_location='cpu').eval()
+    model.eval()
+    return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
+                                      [t.numpy() for t in _as_list(model(x))]) for x in inputs}

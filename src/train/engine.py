@@ -1,0 +1,137 @@
+"""One training epoch and one evaluation pass (single process or DDP)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Set
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.utils import accuracy, dispatch_clip_grad
+
+from .config import UsageError
+
+__all__ = ['Position', 'UnreadableLog', 'train_one_epoch', 'evaluate']
+
+_log = logging.getLogger('train')
+
+
+@dataclass
+class Position:
+    """Where training is: ``epoch`` epochs done, ``step`` steps done in the next one, and the running
+    training loss of that epoch (this process's sum and count)."""
+    epoch: int = 0
+    step: int = 0
+    num_updates: int = 0
+    loss_sum: float = 0.
+    loss_count: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+
+class UnreadableLog:
+    """Counts images that could not be decoded (logged once each), or stops on the first if ``strict``."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.seen: Set[str] = set()
+
+    def __call__(self, bad) -> None:
+        for b in bad:
+            if self.strict:
+                raise UsageError(f'unreadable image {b.path} ({b.reason}): replace or remove the file, or run '
+                                 f'without --strict-images to skip such files')
+            if b.path not in self.seen:
+                self.seen.add(b.path)
+                _log.warning(f'skipping unreadable image {b.path} ({b.reason}); {len(self.seen)} skipped so far')
+
+
+def _all_reduce_sum(values, device) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, pos: Position, steps: int, *, device, autocast,
+                    scheduler, mixup=None, ema=None, scaler=None, clip_grad: Optional[float] = None,
+                    unreadable: UnreadableLog, log_interval: int = 50,
+                    on_step: Optional[Callable[[Position], None]] = None) -> float:
+    """Train from ``pos.step`` to the end of epoch ``pos.epoch``; returns the mean training loss of the
+    whole epoch over all processes. ``on_step(pos)`` runs after every optimizer step (recovery saves)."""
+    model.train()
+    tic = time.time()
+    for images, targets, bad in loader:
+        unreadable(bad)
+        if images is not None and mixup is not None and len(images) % 2:
+            images, targets = images[:-1], targets[:-1]  # batch mixup needs pairs
+        if images is not None and len(images):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            with autocast():
+                loss = loss_fn(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            params = model.parameters()
+            if scaler is not None:
+                scaler(loss, optimizer, clip_grad=clip_grad, parameters=params)
+            else:
+                loss.backward()
+                if clip_grad is not None:
+                    dispatch_clip_grad(params, clip_grad)
+                optimizer.step()
+            pos.loss_sum += loss.item() * len(images)
+            pos.loss_count += len(images)
+        pos.num_updates += 1
+        pos.step += 1
+        scheduler.step_update(num_updates=pos.num_updates)
+        if ema is not None:
+            ema.update(getattr(model, 'module', model), step=pos.num_updates)
+        if log_interval and (pos.step % log_interval == 0 or pos.step == steps):
+            lr = optimizer.param_groups[0]['lr']
+            rate = (time.time() - tic) / max(1, pos.step % log_interval or log_interval)
+            _log.info(f'epoch {pos.epoch + 1} step {pos.step}/{steps} loss {pos.loss_sum / max(1, pos.loss_count):.4f} '
+                      f'lr {lr:.3e} {rate:.3f} s/step')
+            tic = time.time()
+        if on_step is not None:
+            on_step(pos)
+    total, count = _all_reduce_sum([pos.loss_sum, pos.loss_count], device).tolist()
+    return total / max(1., count)
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, device, autocast, unreadable: UnreadableLog) -> dict:
+    """Cross-entropy loss, top-1 and top-5 (%) over the whole split (all processes' shards summed)."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    for images, targets, bad in loader:
+        unreadable(bad)
+        if images is None:
+            continue
+        images, targets = images.to(device), targets.to(device)
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        if targets.max() >= logits.shape[1]:
+            raise UsageError(f'the data has class index {int(targets.max())} but the model only '
+                             f'{logits.shape[1]} outputs: set --num-classes to the dataset\'s class count')
+        top1, top5 = accuracy(logits, targets, topk=(1, 5))
+        n = len(targets)
+        sums += torch.tensor([F.cross_entropy(logits, targets, reduction='sum').item(),
+                              round(top1.item() * n / 100), round(top5.item() * n / 100), n], dtype=torch.float64)
+    loss, c1, c5, n = _all_reduce_sum(sums.tolist(), device).tolist()
+    if n == 0:
+        raise UsageError('evaluation saw no readable image: check the validation split')
+    return dict(eval_loss=loss / n, top1=100 * c1 / n, top5=100 * c5 / n, n=int(n))
+
+
+def autocast_for(device: torch.device, amp: bool, amp_dtype: Optional[str]):
+    """The autocast context to use: bf16 on CPU, fp16 (or ``amp_dtype``) on CUDA; a no-op without ``amp``."""
+    if not amp:
+        return contextlib.nullcontext
+    dtype = getattr(torch, amp_dtype) if amp_dtype else (torch.bfloat16 if device.type == 'cpu' else torch.float16)
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

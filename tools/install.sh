@@ -13,11 +13,13 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# this machine's pip config names local index folders that lack some packages: hide that noise only
+exec 2> >(grep --line-buffered -v 'is ignored: it is neither a file nor a directory' >&2)
 echo "install: core requirements into $venv" >&2
 "${pip[@]}" -r requirements.txt
 mmcv_pin=$(grep -E '^mmcv==' requirements/openmmlab.txt)
 if ! "$venv/bin/python" -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '${mmcv_pin#mmcv==}')" 2>/dev/null; then
-  echo "install: building $mmcv_pin with compiled ops (about 17 min on 2 cores the first time; pip caches the wheel)" >&2
+  echo "install: $mmcv_pin with compiled ops (built from source the first time, about 17 min on 2 cores; then from pip's cache)" >&2
   "${pip[@]}" "setuptools>=77.0.3,<81" wheel ninja $(grep -E '^(opencv-python-headless|mmengine)==' requirements/openmmlab.txt)
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} CXX="$PWD/tools/cxx20" \
     "${pip[@]}" --no-build-isolation "$mmcv_pin"

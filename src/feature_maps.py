@@ -16,9 +16,10 @@ from torch import nn
 __all__ = ['StageMap', 'convmlp_stage_maps', 'timm_stage_maps', 'top_channels', 'feature_grid',
            'figure_size_px', 'DPI']
 
+# binary fractions of an inch, so sizes in pixels come out exact
 CELL_INCHES = 1.25  # one panel
-LABEL_INCHES = 1.1  # row labels left of each block
-HEADER_INCHES = 0.45  # block title
+LABEL_INCHES = 1.0  # row labels left of each block
+HEADER_INCHES = 0.5  # block title
 DPI = 100
 
 StageMap = Tuple[str, torch.Tensor]  # (label, (C, h, w) map of one image)

@@ -20,7 +20,7 @@ echo "install: core requirements into $venv" >&2
 mmcv_pin=$(grep -E '^mmcv==' requirements/openmmlab.txt)
 if ! "$venv/bin/python" -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '${mmcv_pin#mmcv==}')" 2>/dev/null; then
   echo "install: $mmcv_pin with compiled ops (built from source the first time, about 17 min on 2 cores; then from pip's cache)" >&2
-  "${pip[@]}" "setuptools>=77.0.3,<81" wheel ninja $(grep -E '^(opencv-python-headless|mmengine)==' requirements/openmmlab.txt)
+  "${pip[@]}" "setuptools>=77.0.3,<81" wheel ninja $(grep -E '^(opencv-python|mmengine)==' requirements/openmmlab.txt)
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} CXX="$PWD/tools/cxx20" \
     "${pip[@]}" --no-build-isolation "$mmcv_pin"
 fi

@@ -30,7 +30,7 @@ done
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     slots=$(nvidia-smi -L | grep -c '^GPU') what="GPUs"
 else
-    slots=$(nproc) what="CPU cores"
+    slots=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) what="CPU cores"  # nproc obeys OMP_* otherwise
 fi
 if (( NUM_PROC > slots )) && [[ "${CONVMLP_ALLOW_OVERSUBSCRIBE:-0}" != 1 ]]; then
     echo "error: $NUM_PROC processes asked for but this machine has $slots $what: use at most $slots, or set CONVMLP_ALLOW_OVERSUBSCRIBE=1" >&2
@@ -38,7 +38,8 @@ if (( NUM_PROC > slots )) && [[ "${CONVMLP_ALLOW_OVERSUBSCRIBE:-0}" != 1 ]]; the
 fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=${PYTHON:-$( [[ -x "$HERE/.venv/bin/python" ]] && echo "$HERE/.venv/bin/python" || echo python )}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NUM_PROC > 0 ? $(nproc) / NUM_PROC : 1 ))}
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / NUM_PROC > 0 ? cores / NUM_PROC : 1 ))}
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29500}" \

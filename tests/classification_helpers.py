@@ -31,5 +31,5 @@ def make_image_folder(root: Path, classes: int = 3, train: int = 8, val: int = 4
 def run(args, cwd=ROOT, env=None, timeout=600, script='classification.py'):
     """Run a repo script in a fresh interpreter; returns CompletedProcess (text)."""
     cmd = ([str(ROOT / script)] if script.endswith('.sh') else [PY, str(ROOT / script)]) + [str(a) for a in args]
-    e = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
+    e = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)

@@ -137,11 +137,6 @@ def train(args, device, rank, world) -> int:
     is_main = rank == 0
     run_dir = _resolve_run_dir(args, world)
     _guard_run_dir(run_dir, args)
-    resume = None
-    if args.resume == 'auto':
-        resume = find_resume_checkpoint(run_dir)
-    elif args.resume:
-        resume = load_training_state(args.resume)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.overwrite and not args.resume:  # asked to start again: no stale checkpoint may survive
@@ -150,6 +145,11 @@ def train(args, device, rank, world) -> int:
     if world > 1:
         dist.barrier()
     setup_logging(run_dir / 'train.log', is_main)
+    resume = None
+    if args.resume == 'auto':
+        resume = find_resume_checkpoint(run_dir)
+    elif args.resume:
+        resume = load_training_state(args.resume)
     if resume is not None:
         _log.info(f"resuming from {resume.get('path', args.resume)}: {resume['position']['epoch']} epochs "
                   f"and {resume['position']['step']} steps done")
@@ -197,7 +197,7 @@ def train(args, device, rank, world) -> int:
     if resume is not None:
         model.load_state_dict(resume['state_dict'])
         if ema is not None and resume.get('state_dict_ema') is not None:
-            ema.load_state_dict(resume['state_dict_ema'])
+            ema.module.load_state_dict(resume['state_dict_ema'])
         optimizer.load_state_dict(resume['optimizer'])
         scheduler.load_state_dict(resume['scheduler'])
         if scaler is not None and resume.get('scaler') is not None:

@@ -1,0 +1,58 @@
+"""dist_classification.sh: a 2-process torchrun run on CPU (gloo), resume, evaluate; launcher input checks."""
+import csv
+import os
+import re
+import socket
+
+import pytest
+
+from classification_helpers import make_image_folder, run
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_resume_evaluate(tmp_path):
+    data = make_image_folder(tmp_path / 'data', classes=3, train=8, val=4)
+    common = [data, '--model', 'convmlp_s', '--img-size', 32, '-b', 4, '-j', 0, '--output', tmp_path / 'out',
+              '--experiment', 'ddp', '--lr', 1e-3, '--warmup-epochs', 0, '--log-interval', 1]
+    env = dict(MASTER_PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    first = run(['2', *common, '--epochs', 1], env=env, script='dist_classification.sh')
+    assert first.returncode == 0, first.stderr[-3000:]
+    rundir = tmp_path / 'out' / 'ddp'
+    for name in ('args.yaml', 'summary.csv', 'summary.png', 'train.log', 'last.pth.tar', 'best.pth.tar',
+                 'checkpoint-1.pth.tar'):
+        assert (rundir / name).is_file(), name
+    log = (rundir / 'train.log').read_text()
+    assert '2 process(es)' in log and 'step 3/3' in log  # 24 images / 2 processes / batch 4
+
+    env['MASTER_PORT'] = str(_free_port())
+    second = run(['2', *common, '--epochs', 2, '--resume', rundir / 'last.pth.tar'], env=env,
+                 script='dist_classification.sh')
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = list(csv.DictReader(open(rundir / 'summary.csv')))
+    assert [r['epoch'] for r in rows] == ['1', '2']
+    assert 'resuming from' in (rundir / 'train.log').read_text() and (rundir / 'checkpoint-2.pth.tar').is_file()
+
+    ev = run([data, '--model', 'convmlp_s', '--img-size', 32, '-j', 0, '--evaluate', '--resume',
+              rundir / 'last.pth.tar'])
+    assert ev.returncode == 0, ev.stderr
+    top1 = float(re.search(r'top-1 ([\d.]+)', ev.stdout).group(1))
+    assert top1 == pytest.approx(float(rows[-1]['top1']), abs=1e-3)
+
+
+def test_launcher_refuses_more_processes_than_cores(tmp_path):
+    res = run([str(os.cpu_count() + 1), tmp_path], script='dist_classification.sh')
+    assert res.returncode == 2 and 'CPU cores' in res.stderr and 'CONVMLP_ALLOW_OVERSUBSCRIBE' in res.stderr
+
+
+@pytest.mark.parametrize('args,message', [(['two'], 'NUM_PROC must be a positive whole number'),
+                                          (['1', '-c', 'no/such.yml'], "config file not found: 'no/such.yml'")])
+def test_launcher_usage_errors(args, message):
+    res = run(args, script='dist_classification.sh')
+    assert res.returncode == 2 and res.stderr.startswith('usage:') and message in res.stderr
+    assert 'Traceback' not in res.stderr

@@ -1,0 +1,67 @@
+"""Exact resume: SIGKILL at a random step, a torn newest checkpoint, then ``--resume auto`` ends with the
+same weights (bitwise) and the same summary.csv as the run never interrupted."""
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+
+import torch
+
+from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run
+
+STEPS = 6  # 3 classes x 8 images / batch 4
+EPOCHS = 3
+
+
+def _args(data, out, experiment):
+    # every source of randomness on: augmentation, mixup/cutmix, random erasing, drop path, EMA
+    return [data, *TINY_MODEL, '--epochs', EPOCHS, '-b', 4, '-j', 0, '--output', out, '--experiment', experiment,
+            '--lr', 1e-3, '--warmup-epochs', 1, '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', 0.25, '--mixup', 0.8,
+            '--cutmix', 1.0, '--drop-path', 0.1, '--model-ema', '--model-ema-decay', 0.9, '--seed', 3,
+            '--checkpoint-interval', 2, '--log-interval', 1]
+
+
+def _weights(path):
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
+
+
+def _steps_done(log_text):
+    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+) step (\d+)/', log_text)] or [0])
+
+
+def test_sigkill_and_torn_checkpoint_resume_bitwise(tmp_path):
+    data = make_image_folder(tmp_path / 'data')
+    out = tmp_path / 'out'
+    ref = run(_args(data, out, 'ref'))
+    assert ref.returncode == 0, ref.stderr
+
+    kill_at = random.Random().randint(STEPS + 3, EPOCHS * STEPS - 2)  # after a recovery save of epoch 2+
+    log = out / 'cut' / 'train.log'
+    proc = subprocess.Popen([PY, str(ROOT / 'classification.py')] + [str(a) for a in _args(data, out, 'cut')],
+                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not (log.is_file() and _steps_done(log.read_text()) >= kill_at):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+
+    # a crash in the middle of writing the newest checkpoint, as if atomic writes did not exist
+    newest = out / 'cut' / 'last.pth.tar'
+    size = newest.stat().st_size // 2
+    os.truncate(newest, size)
+    resumed = run(_args(data, out, 'cut') + ['--resume', 'auto'])
+    assert resumed.returncode == 0, resumed.stderr
+    text = log.read_text()
+    assert f'resume: skipping cannot read checkpoint {newest} ({size} bytes)' in text
+    assert 'resuming from' in text
+
+    ref_w, cut_w = _weights(out / 'ref' / 'last.pth.tar'), _weights(out / 'cut' / 'last.pth.tar')
+    assert ref_w.keys() == cut_w.keys()
+    for k in ref_w:
+        assert torch.equal(ref_w[k], cut_w[k]), k
+    assert (out / 'cut' / 'summary.csv').read_text() == (out / 'ref' / 'summary.csv').read_text()
+    assert len((out / 'cut' / 'summary.csv').read_text().splitlines()) == EPOCHS + 1

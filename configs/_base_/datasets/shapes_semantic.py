@@ -1,0 +1,33 @@
+# The generated shapes in ADE20K layout (`python -m src.shapes ROOT` writes ROOT/ade): 4 classes
+# (background, circle, square, triangle) after reduce_zero_label (label 0 = shape outlines, ignored).
+# Same pipeline as ade20k.py at a small scale: 96x96 crops from a (128, 96) resize.
+_base_ = './ade20k.py'
+dataset_type = 'BaseSegDataset'
+data_root = 'data/shapes/ade'
+crop_size = (96, 96)
+metainfo = dict(classes=('background', 'circle', 'square', 'triangle'),
+                palette=[(0, 0, 0), (220, 20, 60), (0, 130, 200), (255, 180, 0)])
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(128, 96), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 96), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')
+]
+_shapes = dict(type=dataset_type, data_root=data_root, metainfo=metainfo, reduce_zero_label=True,
+               img_suffix='.jpg', seg_map_suffix='.png')
+train_dataloader = dict(
+    batch_size=4, num_workers=0, persistent_workers=False,
+    dataset=dict(**_shapes, pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(**_shapes, pipeline=test_pipeline))
+test_dataloader = val_dataloader

@@ -1,0 +1,11 @@
+"""Train a ConvMLP segmentation model: `python segmentation/train.py CONFIG [--work-dir DIR] [--data-root DIR] [--resume [CKPT]]
+[--amp] [--cfg-options k=v ...] [--launcher pytorch]`; multi-process through `dist_segmentation.sh`."""
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, not this folder
+
+from src.mmrun import main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(main('segmentation', 'train'))

@@ -1,0 +1,151 @@
+"""A tiny synthetic dataset for the detection and segmentation demos and tests: coloured shapes.
+
+Each scene is a noisy background with 1-4 non-overlapping circles, squares (rotated) and triangles of
+random colours and sizes. The same scenes are written in two layouts::
+
+    ROOT/coco/{train2017,val2017}/000000.jpg
+    ROOT/coco/annotations/instances_{train,val}2017.json     boxes + polygon instance masks, COCO json
+    ROOT/ade/images/{training,validation}/000000.jpg
+    ROOT/ade/annotations/{training,validation}/000000.png    ADE20K-style semantic labels
+
+Semantic labels follow ADE20K's ``reduce_zero_label`` convention: 0 = "unlabelled" (here: a one-pixel
+outline around every shape, ignored after reduction), 1 = background, 2/3/4 = circle/square/triangle,
+i.e. classes 0..3 = (background, circle, square, triangle) after reduction.
+
+Every file is written crash-safely (:mod:`src.atomic`); the annotation json of a split is written last,
+so a split with its json present is complete.
+
+    python -m src.shapes data/shapes --train 64 --val 16 --size 128x96
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .atomic import atomic_write
+
+__all__ = ['CLASSES', 'SEG_CLASSES', 'make_shapes', 'make_scene']
+
+CLASSES = ('circle', 'square', 'triangle')
+SEG_CLASSES = ('background',) + CLASSES
+PALETTE = [(220, 20, 60), (0, 130, 200), (255, 180, 0)]
+SPLITS = (('train', 'train2017', 'training'), ('val', 'val2017', 'validation'))
+
+
+def _polygon(kind: int, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
+    """Vertices of a circle (24-gon), square or triangle of circumradius ``r`` around (cx, cy)."""
+    n = (24, 4, 3)[kind]
+    return [(cx + r * math.cos(angle + 2 * math.pi * i / n), cy + r * math.sin(angle + 2 * math.pi * i / n))
+            for i in range(n)]
+
+
+def make_scene(rng: np.random.Generator, width: int, height: int):
+    """One scene: (RGB uint8 image (H, W, 3), semantic label (H, W) uint8, instances).
+
+    ``instances`` is a list of (class index 0..2, polygon [(x, y), ...], binary mask (H, W))."""
+    base = rng.integers(40, 216, size=3)
+    img = np.clip(base + rng.normal(0, 12, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    canvas = Image.fromarray(img)
+    label = Image.new('L', (width, height), 1)
+    draw, draw_label = ImageDraw.Draw(canvas), ImageDraw.Draw(label)
+    instances, placed = [], []
+    for _ in range(int(rng.integers(1, 5))):
+        for _attempt in range(20):
+            r = float(rng.uniform(0.08, 0.22) * min(width, height))
+            cx, cy = float(rng.uniform(r + 1, width - r - 1)), float(rng.uniform(r + 1, height - r - 1))
+            if all(math.hypot(cx - x, cy - y) > r + s + 3 for x, y, s in placed):
+                break
+        else:
+            continue
+        placed.append((cx, cy, r))
+        kind = int(rng.integers(0, 3))
+        poly = _polygon(kind, cx, cy, r, float(rng.uniform(0, math.pi)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        draw.polygon(poly, fill=colour)
+        mask = Image.new('L', (width, height), 0)
+        ImageDraw.Draw(mask).polygon(poly, fill=1)
+        draw_label.polygon(poly, fill=kind + 2, outline=0, width=1)
+        instances.append((kind, poly, np.asarray(mask, dtype=np.uint8)))
+    return np.asarray(canvas), np.asarray(label), instances
+
+
+def _write_image(path: Path, array: np.ndarray, fmt: str) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+
+
+def _coco_annotation(ann_id: int, image_id: int, kind: int, poly, mask: np.ndarray) -> dict:
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+    return dict(id=ann_id, image_id=image_id, category_id=kind + 1, iscrowd=0,
+                bbox=[round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                area=float(mask.sum()), segmentation=[[round(v, 2) for p in poly for v in p]])
+
+
+def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, int] = (128, 96),
+                seed: int = 0) -> Path:
+    """Write the dataset under ``root`` (see module docstring); returns ``root`` as a Path.
+
+    Deterministic for a given seed; ``size`` is (width, height), each at least 32."""
+    width, height = size
+    if width < 32 or height < 32:
+        raise ValueError(f'shapes images need width and height >= 32; got {width}x{height}')
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f'need at least one train and one val image; got {num_train} and {num_val}')
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
+    for (split, coco_dir, ade_dir), count in zip(SPLITS, (num_train, num_val)):
+        images, annotations = [], []
+        for index in range(count):
+            img, label, instances = make_scene(rng, width, height)
+            name, image_id = f'{index:06d}', index + 1
+            _write_image(root / 'coco' / coco_dir / f'{name}.jpg', img, 'JPEG')
+            _write_image(root / 'ade' / 'images' / ade_dir / f'{name}.jpg', img, 'JPEG')
+            _write_image(root / 'ade' / 'annotations' / ade_dir / f'{name}.png', label, 'PNG')
+            images.append(dict(id=image_id, file_name=f'{name}.jpg', width=width, height=height))
+            for kind, poly, mask in instances:
+                annotations.append(_coco_annotation(len(annotations) + 1, image_id, kind, poly, mask))
+        with atomic_write(root / 'coco' / 'annotations' / f'instances_{coco_dir}.json', 'w') as f:
+            json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+    return root
+
+
+def _size(text: str) -> Tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected WIDTHxHEIGHT like 128x96; got {text!r}') from None
+    return w, h
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='python -m src.shapes', description=__doc__.split('\n\n')[0])
+    p.add_argument('root', help='output folder (gets coco/ and ade/ subfolders)')
+    p.add_argument('--train', type=int, default=64, help='number of training scenes')
+    p.add_argument('--val', type=int, default=16, help='number of validation scenes')
+    p.add_argument('--size', type=_size, default=(128, 96), help='image WIDTHxHEIGHT (default 128x96)')
+    p.add_argument('--seed', type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        root = make_shapes(args.root, args.train, args.val, args.size, args.seed)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.train} train + {args.val} val scenes: COCO layout in {root / "coco"}, '
+          f'ADE20K layout in {root / "ade"}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -53,15 +53,16 @@ def test_complexity_table_matches_paper(capsys):
                            params, f'{zoo.IMAGENET[variant]["macs"]}G ({zoo.IMAGENET_PRECISE[variant]["macs"]}G)',
                            macs, '✓']
     finetuned = [r for k, r in rows.items() if 'classes)' in k]
-    assert len(finetuned) == 9 and all(r[-1] == '✓' for r in finetuned)
-    assert rows['ConvMLP-S CIFAR-10 (10 classes)'][2:4] == ['8.51M', '8.515M']
+    assert len(finetuned) == 9 and all(r[-1] in ('✓', '✓ 2-step') for r in finetuned)
+    assert rows['ConvMLP-S CIFAR-10 (10 classes)'][2:] == ['8.51M', '8.515M', '-', '-', '✓ 2-step']
 
 
-def test_agrees_marks_a_difference_beyond_rounding():
-    assert complexity.agrees(2.3995, 2.4, 1) and complexity.agrees(2.3995, 2.399, 3)
-    assert complexity.agrees(8.51505, 8.51, 2)  # 8.515 -> 8.51: the paper rounds in two steps
-    assert not complexity.agrees(4.0, 3.9, 1)  # ptflops / thop's figure for M
-    assert not complexity.agrees(3.9601, 3.948, 3)
+def test_mark_tells_rounding_from_difference():
+    assert complexity.mark(2.3994516, 2.4, 1) == complexity.mark(2.3994516, 2.399, 3) == '✓'
+    assert complexity.mark(8.51505, 8.51, 2) == '✓ 2-step'  # 8.515 -> 8.51
+    assert complexity.mark(37.0475, 37.1, 1) == '✓ 2-step'  # 37.05 -> 37.1 (Mask R-CNN + ConvMLP-M)
+    assert complexity.mark(4.0, 3.9, 1) == '✗ differs'  # ptflops' / thop's figure for M
+    assert not complexity.agrees(3.9601, 3.948, 3) and not complexity.agrees(37.04, 37.1, 1)
 
 
 def test_complexity_flags_a_mismatch_and_any_size(monkeypatch, capsys):

@@ -16,9 +16,11 @@ input in ``torch.channels_last`` run without a single layout copy.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 __all__ = ['ConvMLP', 'convmlp_s', 'convmlp_m', 'convmlp_l', 'MIN_INPUT_SIZE']
@@ -61,6 +63,35 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob:.3f}'
 
 
+@contextlib.contextmanager
+def batchnorm_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Inside: BatchNorm layers of ``module`` normalise as usual but leave their running statistics and
+    batch counters untouched (for checkpoint recomputation, which must not update them a second time)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def checkpointed(module: nn.Module, x: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+    """``module(x)``; when ``enabled`` and autograd records, only ``x`` is kept for backward and the
+    activations inside are recomputed there (BatchNorm running statistics still update once)."""
+    if not (enabled and torch.is_grad_enabled()):
+        return module(x)
+    if torch.compiler.is_compiling():  # the compiled graph recomputes pure ops only: buffers update once
+        return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+    return torch.utils.checkpoint.checkpoint(
+        module, x, use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), batchnorm_stats_frozen(module)))
+
+
 def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> List[nn.Module]:
     """conv (no bias) -> BN -> ReLU, as a list so callers keep the release's flat Sequential indices."""
     return [nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False),
@@ -78,9 +109,12 @@ class ConvTokenizer(nn.Module):
             *conv_bn_relu(embed_dim // 2, embed_dim, 3),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+        for start, stop in ((0, 3), (3, 6), (6, 10)):  # checkpoint units: conv-BN-ReLU (the last + pool)
+            x = checkpointed(self.block[start:stop], x, self.grad_checkpointing)
+        return x
 
 
 class ConvStage(nn.Module):
@@ -96,10 +130,11 @@ class ConvStage(nn.Module):
                 *conv_bn_relu(hidden_dim, embed_dim_in, 1),
             ) for _ in range(num_blocks)])
         self.downsample = nn.Conv2d(embed_dim_in, embed_dim_out, 3, stride=2, padding=1)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.conv_blocks:
-            x = x + block(x)
+            x = x + checkpointed(block, x, self.grad_checkpointing)
         return self.downsample(x)
 
 
@@ -171,10 +206,7 @@ class ConvMLPStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            if self.grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = checkpointed(block, x, self.grad_checkpointing)
         return self.downsample_mlp(x)
 
 
@@ -257,8 +289,16 @@ class ConvMLP(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        """Recompute activations in backward instead of storing them: per conv-BN-ReLU of the tokenizer,
+        per bottleneck of the conv stage, per ConvMLP block. Same gradients, far less training memory."""
+        for part in (self.tokenizer, self.conv_stages, *self.stages):
+            part.grad_checkpointing = enable
+
+    def fuse(self, inplace: bool = False) -> 'ConvMLP':
+        """Inference model with BatchNorm folded into the convs before it (see :mod:`src.fuse`); eval mode,
+        same logits within float rounding. A copy unless ``inplace``."""
+        from .fuse import fuse_model
+        return fuse_model(self, inplace=inplace)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -277,7 +317,8 @@ class ConvMLP(nn.Module):
 
     def _stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_input(x, self.tokenizer.block[0].weight.dtype)
-        tokens = self.tokenizer(x)
+        # channels-last from the first conv on: the MLP stages then take NHWC views without a copy
+        tokens = self.tokenizer(x.contiguous(memory_format=torch.channels_last))
         return tokens, self.conv_stages(tokens)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,420 @@
+"""Measure ConvMLP's execution paths: images/s, peak memory and achieved FLOP/s (behind tools/benchmark.py).
+
+Every configuration runs in a fresh Python process (``python -m src.bench`` reads one JSON config on
+stdin, prints one JSON result), so compile caches, allocator state and the memory high-water mark of one
+configuration never leak into the next.
+
+Paths:
+  * ``baseline``: the release's straightforward forward (:class:`ReleaseForward`): contiguous NCHW input and
+    activations, a ``permute(...).contiguous()`` copy before and after every depthwise and downsampling conv,
+    BatchNorm unfused, fp32 only.
+  * ``fast``: our model in channels-last (no layout copies), optionally with BatchNorm folded (``fused``,
+    inference only), ``torch.compile`` (inference with inductor freezing), autocast bf16/fp16 and gradient
+    checkpointing (training only).
+
+Peak memory on CPU: resident set size. The child records VmRSS once model, inputs and optimizer exist,
+runs the warm-up (compilation included), resets the kernel's high-water mark (``/proc/self/clear_refs``,
+value 5), runs the timed iterations and reports ``VmHWM - VmRSS_before``: what the steps add on top of
+weights and inputs (activations, gradients, optimizer state, oneDNN scratch, allocator slack). On CUDA:
+``torch.cuda.max_memory_allocated`` over the timed iterations minus the memory allocated before.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
+
+__all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'matmul_peak_gflops', 'step_flops',
+           'bf16_agreement']
+
+BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One measured configuration."""
+    model: str = 'convmlp_s'
+    mode: str = 'infer'            # 'infer' | 'train' (forward, backward, AdamW step)
+    path: str = 'fast'             # 'baseline' | 'fast'
+    dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
+    compiled: bool = False
+    fused: bool = False            # BatchNorm folded into convs (inference only)
+    checkpointing: bool = False    # gradient checkpointing (training only)
+    batch: int = 16
+    res: int = 224
+    device: str = 'cpu'
+
+    def __post_init__(self):
+        if self.model not in BUILDERS:
+            raise ValueError(f'unknown model {self.model!r}: choose from {sorted(BUILDERS)}')
+        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast'):
+            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline' or 'fast'; got {self}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)}')
+        if self.path == 'baseline' and (self.dtype != 'fp32' or self.compiled or self.fused or self.checkpointing):
+            raise ValueError('the baseline is the release forward: fp32, eager, unfused, no checkpointing')
+        if self.fused and self.mode == 'train':
+            raise ValueError('fused BatchNorm is for inference: training needs batch statistics')
+        if self.checkpointing and self.mode == 'infer':
+            raise ValueError('gradient checkpointing only applies to training')
+
+    @property
+    def label(self) -> str:
+        if self.path == 'baseline':
+            return 'baseline (release)'
+        parts = [self.dtype, 'compiled' if self.compiled else 'eager']
+        parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing
+        return ' '.join(parts)
+
+
+class ReleaseForward(nn.Module):
+    """The release's straightforward forward over a :class:`ConvMLP`'s own modules: contiguous NCHW
+    input, each depthwise and downsampling conv wrapped in ``permute(...).contiguous()`` copies.
+    (B, 3, H, W) -> logits (B, num_classes)."""
+
+    def __init__(self, model: ConvMLP):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def _conv_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return conv(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.tokenizer.block(x.contiguous())
+        for block in m.conv_stages.conv_blocks:
+            x = x + block(x)
+        x = m.conv_stages.downsample(x).permute(0, 2, 3, 1)
+        for stage in m.stages:
+            for blk in stage.blocks:
+                x = x + blk.drop_path(blk.channel_mlp1(blk.norm1(x)))
+                x = self._conv_nhwc(blk.connect, blk.connect_norm(x))
+                x = x + blk.drop_path(blk.channel_mlp2(blk.norm2(x)))
+            if isinstance(stage.downsample_mlp, ConvDownsample):
+                x = self._conv_nhwc(stage.downsample_mlp.downsample, x)
+        return m.head(m.norm(x).mean(dim=(1, 2)))
+
+
+# ---- building and running one configuration (in the child process) ---------------------------------
+def _build(cfg: Config):
+    """(model, step function) for ``cfg``; the step runs one inference batch or one training step."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(0)
+    model = BUILDERS[cfg.model]().to(device)
+    x = torch.randn(cfg.batch, 3, cfg.res, cfg.res, device=device)
+    if cfg.path == 'baseline':
+        net: nn.Module = ReleaseForward(model)
+    else:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.fused:
+            model = model.fuse(inplace=True)
+            if cfg.dtype != 'fp32':  # inference only: cast weights once instead of on every call
+                model = model.to(DTYPES[cfg.dtype])
+        model.set_grad_checkpointing(cfg.checkpointing)
+        net = model
+    net.train(cfg.mode == 'train')
+    if cfg.compiled:
+        if cfg.mode == 'infer' and device.type == 'cpu':
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True  # weights become constants: prepacked oneDNN kernels
+        net = torch.compile(net, fullgraph=True)
+    autocast = torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != 'fp32')
+
+    if cfg.mode == 'infer':
+        def step():
+            with torch.no_grad(), autocast:
+                return net(x)
+        return model, step
+
+    target = torch.randint(0, 1000, (cfg.batch,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == 'fp16')
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        with autocast:
+            loss = loss_fn(net(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+    return model, step
+
+
+def _rss_kib(field: str) -> Optional[int]:
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path('/proc/self/clear_refs').write_text('5')
+        return True
+    except OSError:
+        return False
+
+
+def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
+    """Measure ``cfg`` in this process: seconds per step (best and mean of ``iters`` after ``warmup``),
+    images/s (from the best step) and peak memory in MiB (see the module docstring for the method)."""
+    import gc
+    torch.set_num_threads(threads)
+    cuda = cfg.device.startswith('cuda')
+    _, step = _build(cfg)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    gc.collect()
+    if cuda:
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kib('VmRSS')
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    resettable = cuda or _reset_peak_rss()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    if cuda:
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    elif base is not None:
+        import resource
+        hwm = _rss_kib('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_mib = (hwm - base) / 1024
+    else:
+        peak_mib = float('nan')
+    best = min(times)  # best of N: the least disturbed step on a shared machine
+    return dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
+                mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, peak_mib=peak_mib,
+                warmup_s=warmup_s, iters=iters, threads=threads)
+
+
+def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, timeout: float = 1800) -> Dict:
+    """Run ``cfg`` in a fresh process (see the module docstring); an ``error`` key on failure."""
+    request = json.dumps(dict(config=dataclasses.asdict(cfg), iters=iters, warmup=warmup, threads=threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    try:
+        proc = subprocess.run([sys.executable, '-m', 'src.bench'], input=request, capture_output=True,
+                              text=True, cwd=ROOT, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(config=dataclasses.asdict(cfg), label=cfg.label, error=f'timed out after {timeout:.0f}s')
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+        return dict(config=dataclasses.asdict(cfg), label=cfg.label, error=tail)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- machine limits and model cost ------------------------------------------------------------------
+def matmul_peak_gflops(dtype: str = 'fp32', threads: int = 2, n: int = 2048, device: str = 'cpu',
+                       repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of an n x n x n matrix multiply in ``dtype`` (the machine's practical peak)."""
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
+    a @ b
+    best = float('inf')
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def step_flops(model: str, res: int, mode: str) -> float:
+    """FLOPs of one image's forward (``infer``) or forward + backward (``train``) at ``res`` x ``res``,
+    counted by torch's FlopCounterMode (a multiply-add is 2 FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net = BUILDERS[model]().train(mode == 'train')
+    x = torch.randn(1 if mode == 'infer' else 2, 3, res, res)  # train: 2 images so BatchNorm has statistics
+    with FlopCounterMode(display=False) as counter:
+        if mode == 'infer':
+            with torch.no_grad():
+                net.eval()(x)
+        else:
+            net(x).sum().backward()
+    return counter.get_total_flops() / x.shape[0]
+
+
+@torch.no_grad()
+def bf16_agreement(model: str = 'convmlp_s', n: int = 256, res: int = 64, threads: int = 2,
+                   dtype: str = 'bf16') -> Dict[str, float]:
+    """Top-1 agreement of the fast ``dtype`` autocast path (BN folded, channels-last, weights cast) with
+    the fp32 model on ``n`` fixed inputs: sklearn's digits, upscaled to ``res`` px.
+
+    Two heads on the same random-init backbone (no released weights offline): ``random_head`` (the init
+    head: logit margins ~0.02, a harsh lower bound) and ``probe_head`` (a ridge-regression linear probe
+    fit on the fp32 features, i.e. a trained classifier with realistic margins)."""
+    from sklearn.datasets import load_digits
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    digits = load_digits()
+    images = torch.tensor(digits.images[:n], dtype=torch.float32).div_(16).unsqueeze(1).expand(-1, 3, -1, -1)
+    x = nn.functional.interpolate(images, size=(res, res), mode='bilinear', align_corners=False)
+    x = (x - 0.5) / 0.25
+    labels = torch.tensor(digits.target[:n])
+    ref = BUILDERS[model]().eval()
+    feats = ref.forward_head(ref.forward_features(x), pre_logits=True)
+    result = dict(random_head=_agreement(ref, x, dtype))
+    centered = feats - feats.mean(0)
+    gram = centered.T @ centered + 1e-3 * centered.pow(2).sum() / len(feats) * torch.eye(feats.shape[1])
+    onehot = nn.functional.one_hot(labels, 10).float()
+    weight = torch.linalg.solve(gram, centered.T @ (onehot - onehot.mean(0))).T
+    ref.reset_classifier(10)
+    ref.head.weight.copy_(weight)
+    ref.head.bias.copy_(onehot.mean(0) - feats.mean(0) @ weight.T)
+    result['probe_head'] = _agreement(ref, x, dtype)
+    result['probe_head_fp32_accuracy'] = (ref(x).argmax(1) == labels).float().mean().item()
+    return result
+
+
+def _agreement(model: ConvMLP, x: torch.Tensor, dtype: str) -> float:
+    fast = model.fuse().to(memory_format=torch.channels_last, dtype=DTYPES[dtype])
+    with torch.autocast('cpu', dtype=DTYPES[dtype]):
+        low = fast(x)
+    return (low.argmax(1) == model(x).argmax(1)).float().mean().item()
+
+
+def _child() -> None:
+    request = json.loads(sys.stdin.read())
+    result = run_config(Config(**request['config']), request['iters'], request['warmup'], request['threads'])
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    _child()
+
+
+# ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------
+def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: List[bool], fused: List[bool],
+           batch: int, res: int, device: str = 'cpu') -> List[Config]:
+    """Baseline first, then every fast-path combination, per model and mode (fused: inference only)."""
+    configs = []
+    for model in models:
+        for mode in modes:
+            configs.append(Config(model, mode, 'baseline', batch=batch, res=res, device=device))
+            for dtype in dtypes:
+                for comp in compiled:
+                    for fuse in (fused if mode == 'infer' else [False]):
+                        configs.append(Config(model, mode, 'fast', dtype, comp, fuse, batch=batch, res=res,
+                                              device=device))
+    return configs
+
+
+def checkpointing_configs(model: str, batch: int, res: int, device: str = 'cpu') -> List[Config]:
+    """fp32 eager training step with and without gradient checkpointing (the memory comparison)."""
+    return [Config(model, 'train', 'fast', checkpointing=ckpt, batch=batch, res=res, device=device)
+            for ckpt in (False, True)]
+
+
+def sweep_configs(model: str, labels: List[Config], resolutions: List[int], batches: List[int],
+                  res_batch: int) -> List[Config]:
+    """Each of ``labels`` (a template config) over resolutions (batch ``res_batch``) and batches (res 224)."""
+    out = [dataclasses.replace(t, model=model, batch=res_batch, res=r) for t in labels for r in resolutions]
+    out += [dataclasses.replace(t, model=model, batch=b, res=224) for t in labels for b in batches]
+    return list(dict.fromkeys(out))
+
+
+def annotate(results: List[Dict], peaks: Dict[str, float]) -> None:
+    """Add ``x_baseline`` (images/s over the baseline with the same model, mode, batch, resolution),
+    ``gflops`` (achieved) and ``pct_peak`` (of the measured matmul peak in the row's dtype)."""
+    flops_cache: Dict[tuple, float] = {}
+    for r in results:
+        if 'error' in r:
+            continue
+        c = r['config']
+        key = (c['model'], c['res'], c['mode'])
+        if key not in flops_cache:
+            flops_cache[key] = step_flops(*key)
+        r['gflops'] = flops_cache[key] * c['batch'] / r['best_sec'] / 1e9
+        r['pct_peak'] = 100 * r['gflops'] / peaks[c['dtype']] if c['dtype'] in peaks else float('nan')
+        base = next((b for b in results if 'error' not in b and b['config']['path'] == 'baseline' and
+                     all(b['config'][k] == c[k] for k in ('model', 'mode', 'batch', 'res', 'device'))), None)
+        r['x_baseline'] = r['images_per_s'] / base['images_per_s'] if base else float('nan')
+
+
+def markdown_table(results: List[Dict]) -> str:
+    head = ('| model | step | path | batch | res | img/s | x baseline | peak MiB | GFLOP/s | % matmul peak |\n'
+            '|---|---|---|---:|---:|---:|---:|---:|---:|---:|')
+    rows = []
+    for r in results:
+        c = r['config']
+        lead = f"| {c['model']} | {c['mode']} | {r['label']} | {c['batch']} | {c['res']} |"
+        if 'error' in r:
+            rows.append(f"{lead} failed: {r['error'][:80]} | | | | |")
+            continue
+        rows.append(f"{lead} {r['images_per_s']:.2f} | {r['x_baseline']:.2f} | {r['peak_mib']:.0f} | "
+                    f"{r['gflops']:.1f} | {r['pct_peak']:.0f} |")
+    return '\n'.join([head] + rows)
+
+
+def linearity(results: List[Dict]) -> Dict[str, Dict[int, float]]:
+    """Per label: seconds per image per pixel at each resolution over the same at the smallest (1.0 = linear)."""
+    out: Dict[str, Dict[int, float]] = {}
+    by_label: Dict[str, List[Dict]] = {}
+    for r in results:
+        if 'error' not in r:
+            by_label.setdefault(r['label'], []).append(r)
+    for label, rows in by_label.items():
+        rows = sorted(rows, key=lambda r: r['config']['res'])
+        per_px = [r['best_sec'] / r['config']['batch'] / r['config']['res'] ** 2 for r in rows]
+        out[label] = {r['config']['res']: p / per_px[0] for r, p in zip(rows, per_px)}
+    return out
+
+
+def plot_sweeps(res_rows: List[Dict], batch_rows: List[Dict], path: Path, title: str) -> None:
+    """PNG: throughput and peak memory against resolution and against batch size, one line per path."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (rows, key, xlabel) in enumerate(((res_rows, 'res', 'resolution (px, square)'),
+                                               (batch_rows, 'batch', 'batch size'))):
+        labels = list(dict.fromkeys(r['label'] for r in rows if 'error' not in r))
+        for label in labels:
+            pts = sorted((r['config'][key], r) for r in rows if r.get('label') == label and 'error' not in r)
+            xs = [p[0] for p in pts]
+            axes[0, col].plot(xs, [p[1]['images_per_s'] for p in pts], 'o-', label=label)
+            axes[1, col].plot(xs, [p[1]['peak_mib'] for p in pts], 'o-', label=label)
+        axes[0, col].set_ylabel('images / s')
+        axes[1, col].set_ylabel('peak memory (MiB)')
+        for row in range(2):
+            axes[row, col].set_xlabel(xlabel)
+            axes[row, col].set_xscale('log', base=2)
+            axes[row, col].set_yscale('log')
+            axes[row, col].grid(True, which='both', alpha=.3)
+        axes[0, col].legend(fontsize=8)
+    axes[0, 0].set_title('cost vs resolution (linear in pixels = slope -2 of img/s)')
+    axes[0, 1].set_title('cost vs batch size (at 224 px)')
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,140 @@
+"""Benchmark ConvMLP's execution paths against the release's straightforward forward.
+
+    python tools/benchmark.py                                  # S, batch 16, 224 px, 2 threads, full matrix
+    python tools/benchmark.py --models s m l --iters 10        # all variants
+    python tools/benchmark.py --device cuda --dtypes fp32 bf16 fp16 --threads 1   # same on a GPU
+
+Per row: images/s (best of --iters timed steps after --warmup), the ratio to the baseline row of the same
+model/step/batch/resolution, peak memory (method: src/bench.py docstring), achieved GFLOP/s and its share
+of the machine's measured matmul peak in the row's dtype. Writes OUT/benchmark.{md,json,png}: the table,
+everything measured, and the plot of throughput and memory against resolution and batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src import bench  # noqa: E402
+
+MODELS = {'s': 'convmlp_s', 'm': 'convmlp_m', 'l': 'convmlp_l'}
+BOTH = {'both': [False, True], 'off': [False], 'only': [True]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--models', nargs='+', default=['s'], choices=sorted(MODELS))
+    p.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=sorted(bench.DTYPES))
+    p.add_argument('--compile', default='both', choices=sorted(BOTH), help='torch.compile rows')
+    p.add_argument('--fuse', default='both', choices=sorted(BOTH), help='BatchNorm-folded inference rows')
+    p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--res', type=int, default=224)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--iters', type=int, default=5, help='timed steps per row')
+    p.add_argument('--warmup', type=int, default=2, help='untimed steps first (compilation happens here)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--ckpt-batch', type=int, default=32,
+                   help='batch of the gradient-checkpointing memory rows (0: skip)')
+    p.add_argument('--sweep-res', type=int, nargs='*', default=[224, 384, 512, 768, 1024])
+    p.add_argument('--sweep-res-batch', type=int, default=4, help='batch size of the resolution sweep')
+    p.add_argument('--sweep-batch', type=int, nargs='*', default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument('--agreement', type=int, default=256,
+                   help='inputs for the bf16-vs-fp32 top-1 agreement check (0: skip)')
+    p.add_argument('--out', type=Path, default=Path('work_dirs/benchmark'))
+    args = p.parse_args(argv)
+    for name in ('batch', 'res', 'threads', 'iters'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name} must be >= 1; got {getattr(args, name)}')
+    if args.res < 32 or any(r < 32 for r in args.sweep_res):
+        p.error('resolutions must be >= 32 px (ConvMLP input minimum)')
+    if args.device.startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            p.error(f'--device {args.device}: no CUDA device here; use --device cpu')
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_all(configs, args):
+    results = []
+    for i, cfg in enumerate(configs, 1):
+        t = time.time()
+        r = bench.measure(cfg, iters=args.iters, warmup=args.warmup, threads=args.threads)
+        results.append(r)
+        what = r['error'] if 'error' in r else f"{r['images_per_s']:.2f} img/s, {r['peak_mib']:.0f} MiB"
+        log(f'[{i}/{len(configs)}] {cfg.model} {cfg.mode} {cfg.label} b{cfg.batch} {cfg.res}px: {what} '
+            f'({time.time() - t:.0f}s)')
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = [MODELS[m] for m in args.models]
+    load = Path('/proc/loadavg').read_text().split()[:3] if Path('/proc/loadavg').exists() else []
+    peaks = {d: bench.matmul_peak_gflops(d, args.threads, device=args.device)
+             for d in args.dtypes if not (d == 'fp16' and args.device == 'cpu')}
+    peaks.setdefault('fp32', bench.matmul_peak_gflops('fp32', args.threads, device=args.device))
+    log('matmul peak GFLOP/s: ' + ', '.join(f'{d} {v:.0f}' for d, v in peaks.items()))
+
+    configs = bench.matrix(models, args.modes, args.dtypes, BOTH[args.compile], BOTH[args.fuse],
+                           args.batch, args.res, args.device)
+    if args.ckpt_batch and 'train' in args.modes:
+        configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
+    main_rows = run_all(configs, args)
+    bench.annotate(main_rows, peaks)
+
+    templates = [bench.Config(path='baseline', device=args.device),
+                 bench.Config(fused=True, device=args.device)]
+    templates += [bench.Config(dtype=d, fused=True, device=args.device) for d in args.dtypes if d != 'fp32']
+    sweep = bench.sweep_configs(models[0], templates, args.sweep_res, args.sweep_batch, args.sweep_res_batch)
+    sweep_rows = run_all(sweep, args) if sweep else []
+    bench.annotate(sweep_rows, peaks)
+    res_rows = [r for r in sweep_rows if r['config']['batch'] == args.sweep_res_batch]
+    batch_rows = [r for r in sweep_rows if r['config']['res'] == 224]
+    lin = bench.linearity(res_rows)
+
+    agreement = bench.bf16_agreement(models[0], n=args.agreement, threads=args.threads) \
+        if args.agreement and 'bf16' in args.dtypes and args.device == 'cpu' else None
+
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                            cwd=bench.ROOT).stdout.strip()
+    report = dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  commit=commit, loadavg_at_start=load,
+                  loadavg_at_end=Path('/proc/loadavg').read_text().split()[:3] if load else [],
+                  matmul_peak_gflops=peaks, rows=main_rows, sweep=sweep_rows, linearity=lin,
+                  bf16_top1_agreement=agreement)
+    (args.out / 'benchmark.json').write_text(json.dumps(report, indent=1))
+
+    lines = [f'Machine load (1/5/15 min) at start {" ".join(load)}, at end {" ".join(report["loadavg_at_end"])}; '
+             f'{args.threads} threads; matmul peak ' + ', '.join(f'{d} {v:.0f} GFLOP/s' for d, v in peaks.items()),
+             '', bench.markdown_table(main_rows)]
+    if sweep_rows:
+        lines += ['', f'Sweeps ({models[0]}; resolution at batch {args.sweep_res_batch}, batch at 224 px):', '',
+                  bench.markdown_table(sweep_rows), '',
+                  'Seconds per image per pixel relative to the smallest resolution (1.00 = linear in pixels):']
+        lines += [f'- {label}: ' + ', '.join(f'{r}px {v:.2f}' for r, v in vals.items()) for label, vals in lin.items()]
+        bench.plot_sweeps(res_rows, batch_rows, args.out / 'benchmark.png',
+                          f'{models[0]}, {args.threads} threads, {args.device}')
+    if agreement:
+        lines += ['', f'bf16 vs fp32 top-1 agreement ({args.agreement} digits images): ' +
+                  ', '.join(f'{k} {v:.4f}' for k, v in agreement.items())]
+    text = '\n'.join(lines)
+    (args.out / 'benchmark.md').write_text(text + '\n')
+    print(text)
+    log(f'wrote {args.out}/benchmark.md, benchmark.json' + (', benchmark.png' if sweep_rows else ''))
+    return 1 if any('error' in r for r in main_rows + sweep_rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

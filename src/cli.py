@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import NoReturn, Tuple
 
 from torch import nn
@@ -48,19 +49,27 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     weights.add_argument('--random', action='store_true', help='random initial weights (no download)')
 
 
-def build_model(args: argparse.Namespace, fallback_to_random: bool = False, **kwargs) -> Tuple[nn.Module, str]:
+def build_model(args: argparse.Namespace, fallback_to_random: bool = False, need_head: bool = False,
+                **kwargs) -> Tuple[nn.Module, str]:
     """The ConvMLP of ``args.model`` (``kwargs`` go to the constructor) with the weights the options ask
     for, in eval mode, and a short description of those weights.
 
     Unreachable release weights fall back to random ones (with a note on stderr) only if
-    ``fallback_to_random``; any other problem with a checkpoint ends the tool with :func:`fail`."""
+    ``fallback_to_random``; any other problem with a checkpoint ends the tool with :func:`fail`, and so
+    does a checkpoint head of another class count when ``need_head`` (it would be left random)."""
     from . import convmlp
     model = getattr(convmlp, args.model)(**kwargs)
     if args.random:
         return model.eval(), 'random init'
     source = args.checkpoint or args.model
     try:
-        load_pretrained(model, source)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            load_pretrained(model, source)
+        for w in caught:
+            if need_head and str(w.message).startswith('checkpoint head has'):
+                fail(f'{w.message.args[0].split(":")[0]}: pass --num-classes to match the checkpoint')
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except (CheckpointError, KeyError) as e:
         msg = e.args[0] if e.args else str(e)
         if args.checkpoint is None and fallback_to_random:

@@ -163,6 +163,7 @@ def test_onnx_round_trip_two_sizes():
     assert all(d <= 1e-4 for d in diffs.values()), diffs
 
 
+@pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
 def test_torchscript_equals_eager():
     model = convmlp_s(classifier_head=False).eval()
     traced = torch.jit.load(io.BytesIO(torchscript_bytes(model, torch.randn(1, 3, 64, 64))))
@@ -174,6 +175,7 @@ def test_torchscript_equals_eager():
 
 
 @pytest.mark.skipif(not hasattr(ConvMLP, 'fuse'), reason='ConvMLP.fuse (src/fuse.py) not in this checkout')
+@pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
 def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
     """tools/export.py with a local checkpoint, BatchNorm fused, feature maps out: both files written, and
     both reproduce the unfused eager model."""
@@ -204,10 +206,16 @@ def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
             assert g.shape == w.shape and np.abs(g - w).max() <= 1e-4
 
 
-def test_export_unreachable_weights_exits_2(tmp_path, capsys):
+def test_export_bad_checkpoint_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(['--checkpoint', str(tmp_path / 'nope.pth'), '--out-dir', str(tmp_path / 'out')])
     assert e.value.code == 2 and 'checkpoint not found' in capsys.readouterr().err
+    torch.save(convmlp_s(num_classes=10).state_dict(), tmp_path / 'cifar10.pth')
+    with pytest.raises(SystemExit) as e:  # the 1000-class head would be exported untrained
+        export.main(['--checkpoint', str(tmp_path / 'cifar10.pth'), '--out-dir', str(tmp_path / 'out')])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        'checkpoint head has 10 classes, the model 1000: pass --num-classes to match the checkpoint')
     assert not (tmp_path / 'out').exists()
 
 

@@ -58,9 +58,7 @@ def _fmt(value: float, decimals: int, unit: str) -> str:
     return f'{value:.{decimals}f}{unit}'
 
 
-def _paper(value: Optional[float], decimals: int, unit: str, precise: Optional[float] = None) -> str:
-    if value is None:
-        return '-'
+def _paper(value: float, decimals: int, unit: str, precise: Optional[float] = None) -> str:
     text = _fmt(value, decimals, unit)
     return f'{text} ({precise}{unit})' if precise is not None else text
 

@@ -57,7 +57,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if min(min(s) for s in [args.img_size, *extra]) < 32:
         fail('input sizes must be at least 32x32 (ConvMLP downsamples by 32)')
 
-    model, weights = build_model(args, num_classes=args.num_classes, classifier_head=not args.no_head)
+    model, weights = build_model(args, need_head=not args.no_head, num_classes=args.num_classes,
+                                 classifier_head=not args.no_head)
     if args.fuse:
         if not hasattr(model, 'fuse'):
             fail('--fuse needs ConvMLP.fuse() (src/fuse.py), which this checkout lacks: export without --fuse')

@@ -8,7 +8,8 @@ each ConvMLP stage, for one image, optionally beside a timm model. Writes one PN
 
 The default image is scikit-image's ``chelsea`` (``--image skimage:astronaut`` picks another of its
 samples). Released weights are used when reachable (else random weights, with a note); ``--random``
-gives random weights to both models.
+gives random weights to both models. Offline, the Hugging Face hub retries for about a minute before a
+``--compare`` model falls back to random weights: pass ``--random`` or set ``HF_HUB_OFFLINE=1``.
 """
 from __future__ import annotations
 

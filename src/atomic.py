@@ -24,6 +24,7 @@ def atomic_write(path: Union[str, Path], mode: str = 'wb') -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, _mode_for(path))
         with open(tmp, mode) as f:  # by name, so f.name is the temporary path
             yield f
             f.flush()
@@ -39,6 +40,16 @@ def atomic_write(path: Union[str, Path], mode: str = 'wb') -> Iterator[IO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    """Permissions the file would get from a plain open(): the old file's, else 0o666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_save(obj, path: Union[str, Path]) -> None:

@@ -1,5 +1,6 @@
 """classification.py in one process: configs, datasets, evaluation, and every bad input (exit code 2)."""
 import csv
+import functools
 import pickle
 import re
 from pathlib import Path
@@ -32,13 +33,21 @@ def _tiny(tmp_path, *extra):
             '--warmup-epochs', 0, '--lr', 1e-3, '--log-interval', 1, *extra]
 
 
+@functools.lru_cache(maxsize=None)
+def _built_model(name):
+    """Each architecture built once (L takes seconds); configs then set their class count on it."""
+    import src.classification  # noqa: F401
+    return timm.create_model(name, pretrained=False)
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(ROOT / 'configs' / 'classification')))
 def test_config_parses_and_builds(path):
     args, cfg = parse_args(['-c', str(path)])
     assert cfg['model'] == args.model and args.model.startswith('convmlp_')
-    import src.classification  # noqa: F401
-    model = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes or 1000)
+    model = _built_model(args.model)
+    model.reset_classifier(args.num_classes or 1000)
     assert model.num_classes == (args.num_classes or 1000)
+    assert model.get_classifier().weight.shape[0] == (args.num_classes or 1000)
     if 'flowers102' in path.name:  # the release's S and M Flowers files named the L model
         assert args.model == path.name.split('_flowers')[0]
         assert (args.batch_size, args.min_lr) == ({'convmlp_s': 96, 'convmlp_m': 96, 'convmlp_l': 64}[args.model], 1e-8)
@@ -80,7 +89,7 @@ def test_torchvision_dataset_from_local_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cifar, 'check_integrity', lambda *a, **k: True)  # hand-made batches have other md5s
     _fake_cifar10(tmp_path / 'cifar')
     code, out, err = _main(capsys, tmp_path / 'cifar', '--dataset', 'tv-cifar10', '--val-split', 'validation',
-                           *_tiny(tmp_path))
+                           *_tiny(tmp_path), '--amp')  # and bf16 autocast on CPU
     assert code == 0, err
     log = (tmp_path / 'out' / 'run' / 'train.log').read_text()
     assert '10 classes' in log and '20 train / 10 val images' in log

@@ -107,7 +107,7 @@ def _guard_run_dir(run_dir: Path, args) -> None:
 def _evaluate_only(args, device, rank, world) -> int:
     import timm
     source = args.resume or args.initial_checkpoint
-    if not (source or args.pretrained):
+    if not (source or args.pretrained) or source == 'auto':
         raise UsageError('--evaluate needs weights: --resume CKPT, --initial-checkpoint CKPT or --pretrained')
     check_model_name(args.model)
     _, _, eval_tf = _transforms(args, _build_model_probe(args))
@@ -135,13 +135,15 @@ def train(args, device, rank, world) -> int:
     from timm.utils import ModelEmaV3, NativeScaler
 
     is_main = rank == 0
+    check_model_name(args.model)  # every input check first: bad input leaves no trace on disk
+    cfg, train_tf, eval_tf = _transforms(args, _build_model_probe(args))
+    train_set = D.build_dataset(args.dataset, args.data_dir, args.train_split, train_tf, args.download, True)
+    val_set = D.build_dataset(args.dataset, args.data_dir, args.val_split, eval_tf, args.download)
+    num_classes = _check_classes(args, D.dataset_classes(train_set))
     run_dir = _resolve_run_dir(args, world)
     _guard_run_dir(run_dir, args)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if args.overwrite and not args.resume:  # asked to start again: no stale checkpoint may survive
-            for old in run_dir.glob('*.pth.tar'):
-                old.unlink()
     if world > 1:
         dist.barrier()
     setup_logging(run_dir / 'train.log', is_main)
@@ -155,14 +157,10 @@ def train(args, device, rank, world) -> int:
                   f"and {resume['position']['step']} steps done")
     elif args.resume == 'auto':
         _log.info(f'--resume auto: no checkpoint in {run_dir}, starting a new run')
+    elif args.overwrite and is_main:  # asked to start again: no stale checkpoint may survive
+        for old in run_dir.glob('*.pth.tar'):
+            old.unlink()
 
-    _seed_everything(args.seed + rank)
-    check_model_name(args.model)
-    probe = _build_model_probe(args)
-    cfg, train_tf, eval_tf = _transforms(args, probe)
-    train_set = D.build_dataset(args.dataset, args.data_dir, args.train_split, train_tf, args.download, True)
-    val_set = D.build_dataset(args.dataset, args.data_dir, args.val_split, eval_tf, args.download)
-    num_classes = _check_classes(args, D.dataset_classes(train_set))
     _seed_everything(args.seed + rank)
     model = _build_model(args, num_classes).to(device)
     ema = ModelEmaV3(model, decay=args.model_ema_decay, device=device) if args.model_ema else None

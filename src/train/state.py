@@ -131,7 +131,10 @@ def find_resume_checkpoint(run_dir: Union[str, Path]) -> Optional[dict]:
 def load_weights(model: nn.Module, source: str, use_ema: bool = False) -> None:
     """Load weights from a path, URL or zoo name into ``model`` (``weights_only=True``). A classifier whose
     shape differs is left freshly initialised (fine-tuning); any other mismatch is an error."""
-    sd = load_state_dict(source, progress=True, use_ema=use_ema)
+    try:
+        sd = load_state_dict(source, progress=True, use_ema=use_ema)
+    except KeyError as e:  # neither a file, a URL nor a zoo name
+        raise CheckpointError(f'weights {source!r} not found: not a file, URL or zoo name ({e.args[0]})') from None
     own = model.state_dict()
     classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'head')
     classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)

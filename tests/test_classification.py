@@ -174,3 +174,8 @@ def test_truncated_resume_checkpoint_reports_path_and_size(tmp_path, folder, cap
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     code, _, err = _main(capsys, folder, *_tiny(tmp_path), '--resume', ckpt)
     assert code == 2 and f'cannot read checkpoint {ckpt} (1000 bytes)' in err
+
+
+def test_unknown_torchvision_dataset(tmp_path, capsys):
+    code, _, err = _main(capsys, tmp_path, '--dataset', 'tv-CIFAR11', *_tiny(tmp_path))
+    assert code == 2 and "unknown torchvision dataset 'tv-CIFAR11'" in err and "did you mean 'CIFAR10'" in err

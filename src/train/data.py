@@ -92,7 +92,6 @@ def _torchvision(name: str, root: Optional[str], split: str, download: bool, tra
     by_lower = {n.lower(): n for n in tvd.__all__}
     cls_name = by_lower.get(name.lower())
     if cls_name is None:
-        from .config import _closest
         raise UsageError(f"unknown torchvision dataset 'tv-{name}'{did_you_mean(name, list(tvd.__all__))}")
     cls = getattr(tvd, cls_name)
     if root is None:
@@ -132,9 +131,8 @@ def build_dataset(name: str, root: Optional[str], split: str, transform: Callabl
 
 def dataset_classes(ds: Dataset) -> Optional[int]:
     """Number of classes of ``ds`` when it says so (class list or targets), else None."""
-    for attr in ('classes',):
-        if getattr(ds, attr, None):
-            return len(getattr(ds, attr))
+    if getattr(ds, 'classes', None):
+        return len(ds.classes)
     reader = getattr(ds, 'reader', None)
     if reader is not None and getattr(reader, 'class_to_idx', None):
         return len(reader.class_to_idx)

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from . import zoo
 from .atomic import atomic_write
 
 __all__ = ['CheckpointError', 'cache_path', 'download', 'load_checkpoint_file', 'load_state_dict',
-           'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict']
+           'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict', 'state_dict_mismatch']
 
 WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module')
 
@@ -198,18 +198,28 @@ def adapt_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> D
     return sd
 
 
+def state_dict_mismatch(own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor],
+                        optional: Tuple[str, ...] = ()) -> str:
+    """'' if ``sd`` holds every key of ``own`` (except those starting with ``optional``) with its shape
+    and nothing else; otherwise a one-line summary of the missing, unexpected and misshapen keys."""
+    missing = [k for k in own if k not in sd and not k.startswith(optional)]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+             if k in sd and sd[k].shape != v.shape]
+    if not (missing or unexpected or wrong):
+        return ''
+    return (f'{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, '
+            f'{len(wrong)} of other shape {wrong[:3]}')
+
+
 def load_pretrained(model: nn.Module, source: Union[str, Path], progress: bool = False,
                     use_ema: bool = False) -> None:
     """Load a checkpoint into a ConvMLP: every key must match, except a head dropped by
     :func:`adapt_state_dict`."""
     sd = adapt_state_dict(model, load_state_dict(source, progress=progress, use_ema=use_ema))
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith('head.')]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
-             if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or wrong:
+    problem = state_dict_mismatch(own, sd, optional=('head.',))
+    if problem:
         raise CheckpointError(f'checkpoint {source} does not fit this model (is it a ConvMLP of this size?): '
-                              f'{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected '
-                              f'{unexpected[:3]}, {len(wrong)} of other shape {wrong[:3]}')
+                              f'{problem}')
     model.load_state_dict(sd, strict='head.weight' in sd or 'head.weight' not in own)

@@ -1,5 +1,9 @@
-"""Evaluate a detection checkpoint: `python detection/test.py CONFIG CHECKPOINT [--data-root DIR] [--cfg-options k=v ...]
-[--launcher pytorch]`; prints COCO bbox (and segm) AP. Checkpoints saved by mmdet 2.x load too."""
+"""Evaluate a detection checkpoint and print its COCO bbox (and segm) AP; see `--help`.
+
+    python detection/test.py CONFIG CHECKPOINT [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+
+Checkpoints saved by mmdet 2.x (the release's) are converted on load.
+"""
 import sys
 from pathlib import Path
 

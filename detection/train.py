@@ -1,5 +1,10 @@
-"""Train a ConvMLP detection model: `python detection/train.py CONFIG [--work-dir DIR] [--data-root DIR] [--resume [CKPT]]
-[--amp] [--cfg-options k=v ...] [--launcher pytorch]`; multi-process through `dist_detection.sh`."""
+"""Train a ConvMLP detection model from a config (mmengine Runner); see `--help`.
+
+    python detection/train.py CONFIG [--work-dir DIR] [--data-root DIR] [--resume [CKPT]] [--amp]
+        [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+
+Several processes or nodes: `dist_detection.sh`.
+"""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,9 @@
-"""Evaluate a segmentation checkpoint: `python segmentation/test.py CONFIG CHECKPOINT [--data-root DIR] [--cfg-options k=v ...]
-[--launcher pytorch]`; prints mIoU. Checkpoints saved by mmseg 0.x load too."""
+"""Evaluate a segmentation checkpoint and print its mIoU; see `--help`.
+
+    python segmentation/test.py CONFIG CHECKPOINT [--data-root DIR] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+
+Checkpoints saved by mmseg 0.x (the release's) are converted on load.
+"""
 import sys
 from pathlib import Path
 

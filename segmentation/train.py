@@ -1,5 +1,10 @@
-"""Train a ConvMLP segmentation model: `python segmentation/train.py CONFIG [--work-dir DIR] [--data-root DIR] [--resume [CKPT]]
-[--amp] [--cfg-options k=v ...] [--launcher pytorch]`; multi-process through `dist_segmentation.sh`."""
+"""Train a ConvMLP segmentation model from a config (mmengine Runner); see `--help`.
+
+    python segmentation/train.py CONFIG [--work-dir DIR] [--data-root DIR] [--resume [CKPT]] [--amp]
+        [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+
+Several processes or nodes: `dist_segmentation.sh`.
+"""
 import sys
 from pathlib import Path
 

@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .weights import CheckpointError, load_checkpoint_file, unwrap_state_dict
+from .weights import CheckpointError, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict
 
 __all__ = ['main', 'UsageError', 'prepare_config', 'set_data_root', 'check_data_paths',
            'convert_legacy_checkpoint', 'run_checkpoint_globals']
@@ -95,14 +95,9 @@ def convert_legacy_checkpoint(ckpt: dict, model: torch.nn.Module, task: str) -> 
         sd = {new + k[len(old):] if k.startswith(old) else k: v for k, v in sd.items()}
     own = model.state_dict()
     sd = {k: v for k, v in sd.items() if k in own or not k.startswith(('backbone.norm.', 'backbone.head.'))}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
-             if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f'checkpoint does not fit this model (other config or variant?): {len(missing)} '
-                              f'missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, '
-                              f'{len(wrong)} of other shape {wrong[:3]}')
+    problem = state_dict_mismatch(own, sd)
+    if problem:
+        raise CheckpointError(f'checkpoint does not fit this model (other config or variant?): {problem}')
     meta = ckpt.get('meta') if isinstance(ckpt.get('meta'), dict) else {}
     dataset_meta = meta.get('dataset_meta')
     if dataset_meta is None and meta.get('CLASSES') is not None:  # mmdet 2.x / mmseg 0.x
@@ -211,6 +206,8 @@ def prepare_config(args, task: str, mode: str):
             cfg.test_cfg.fp16 = True
     if mode == 'train':
         if args.auto_scale_lr:
+            if not cfg.get('auto_scale_lr', {}).get('base_batch_size'):
+                raise UsageError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in {args.config}')
             cfg.auto_scale_lr.enable = True
         if args.resume == 'auto':
             cfg.resume, cfg.load_from = True, None

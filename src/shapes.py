@@ -23,6 +23,7 @@ import argparse
 import io
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -93,16 +94,23 @@ def _coco_annotation(ann_id: int, image_id: int, kind: int, poly, mask: np.ndarr
 
 
 def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, int] = (128, 96),
-                seed: int = 0) -> Path:
+                seed: int = 0, overwrite: bool = False) -> Path:
     """Write the dataset under ``root`` (see module docstring); returns ``root`` as a Path.
 
-    Deterministic for a given seed; ``size`` is (width, height), each at least 32."""
+    Deterministic for a given seed; ``size`` is (width, height), each at least 32. An existing
+    ``root/coco`` or ``root/ade`` is an error (stale images would join the new set) unless
+    ``overwrite``, which deletes those two folders first."""
     width, height = size
     if width < 32 or height < 32:
         raise ValueError(f'shapes images need width and height >= 32; got {width}x{height}')
     if num_train < 1 or num_val < 1:
         raise ValueError(f'need at least one train and one val image; got {num_train} and {num_val}')
     root = Path(root)
+    for layout in (root / 'coco', root / 'ade'):
+        if layout.exists():
+            if not overwrite:
+                raise FileExistsError(f'{layout} exists (stale files would mix in)')
+            shutil.rmtree(layout)
     rng = np.random.default_rng(seed)
     categories = [dict(id=i + 1, name=name) for i, name in enumerate(CLASSES)]
     for (split, coco_dir, ade_dir), count in zip(SPLITS, (num_train, num_val)):
@@ -136,9 +144,13 @@ def main(argv=None) -> int:
     p.add_argument('--val', type=int, default=16, help='number of validation scenes')
     p.add_argument('--size', type=_size, default=(128, 96), help='image WIDTHxHEIGHT (default 128x96)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--overwrite', action='store_true', help='replace ROOT/coco and ROOT/ade if they exist')
     args = p.parse_args(argv)
     try:
-        root = make_shapes(args.root, args.train, args.val, args.size, args.seed)
+        root = make_shapes(args.root, args.train, args.val, args.size, args.seed, args.overwrite)
+    except FileExistsError as e:
+        print(f'error: {e.args[0]}: choose another folder, or pass --overwrite to delete it', file=sys.stderr)
+        return 2
     except (ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
 """ConvMLP in mmsegmentation 1.x: configs, backbone init, checkpoint conversion, launcher end to end."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from PIL import Image
 
 pytest.importorskip('mmseg')
 
-from dense_e2e import ROOT, build_model, count_params, dist, metrics  # noqa: E402
+from dense_e2e import ROOT, build_model, count_params, dist  # noqa: E402
 from src import zoo  # noqa: E402
 from src.convmlp import convmlp_l  # noqa: E402
 from src.mmrun import load_checkpoint_for_test, main  # noqa: E402
@@ -69,33 +71,43 @@ def test_missing_annotation_folder_is_named(tmp_path, capsys):
     assert err == f'error: seg_map_path folder not found: {root / "annotations/validation"} (of val_dataloader)'
 
 
+def _val_metrics(text: str) -> dict:
+    """aAcc / mIoU / mAcc of the last evaluation mmseg printed."""
+    rows = re.findall(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)', text)
+    return dict(zip(('aAcc', 'mIoU', 'mAcc'), map(float, rows[-1]))) if rows else {}
+
+
 @pytest.mark.slow
-def test_dist_train_resume_and_test_mmseg0_checkpoint(tmp_path):
+def test_dist_train_resume_and_test_mmseg0_checkpoint(tmp_path, capsys):
     """Through dist_segmentation.sh with 2 CPU processes (SyncBN falls back to BN on gloo): 2
-    iterations + mIoU, resume for 1 more, then test.py on it re-saved in mmseg 0.x layout."""
+    iterations + mIoU, resume for 1 more; then test.py evaluates it re-saved in mmseg 0.x layout."""
     data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
     work = tmp_path / 'work'
     tiny = ['--cfg-options', 'train_dataloader.batch_size=1', 'model.data_preprocessor.size=(64,64)',
             'train_dataloader.dataset.pipeline.3.crop_size=(64,64)', 'default_hooks.logger.interval=1']
-    first = dist('segmentation', FPN, data, '--work-dir', work, *tiny,
-                 'train_cfg.max_iters=2', 'train_cfg.val_interval=2')
-    assert 'Iter(train) [2/2]' in first.out
-    assert {'mIoU', 'aAcc'} <= set(metrics(first.out, 'Iter\\(val\\) \\[2/2\\]\\s+aAcc: [\\d.]+\\s+') or
-                                   {k for k in ('mIoU', 'aAcc') if f'{k}: ' in first.out})
+    first = dist('segmentation', FPN, data, '--work-dir', work, *tiny, 'train_cfg.max_iters=2',
+                 'train_cfg.val_interval=2')
+    assert 'Iter(train) [2/2]' in first.out and 'SyncBatchNorm' not in first.out
+    assert 0 <= _val_metrics(first.out)['mIoU'] <= 100
+    for name in SEG_CLASSES:  # the per-class IoU table
+        assert re.search(rf'\|\s+{name}\s+\|\s+[\d.]+\s+\|', first.out), name
     assert (work / 'iter_2.pth').is_file()
 
-    second = dist('segmentation', FPN, data, '--work-dir', work, '--resume', *tiny,
-                  'train_cfg.max_iters=3', 'train_cfg.val_interval=3')
-    assert 'resumed epoch: 0, iter: 2' in second.out and 'Iter(train) [3/3]' in second.out
-    assert 'Iter(train) [1/3]' not in second.out
+    second = dist('segmentation', FPN, data, '--work-dir', work, '--resume', *tiny, 'train_cfg.max_iters=3',
+                  'train_cfg.val_interval=3')
+    assert 'resumed epoch: 0, iter: 2' in second.out
+    assert 'Iter(train) [3/3]' in second.out and 'Iter(train) [1/3]' not in second.out
 
     from src.mmrun import run_checkpoint_globals
     with torch.serialization.safe_globals(run_checkpoint_globals()):
-        run_file = torch.load(work / 'iter_3.pth', map_location='cpu')
+        run_file = torch.load(work / 'iter_3.pth', map_location='cpu', weights_only=True)
+    assert run_file['meta']['iter'] == 3
     legacy = tmp_path / 'mmseg0.pth'
     torch.save({'meta': {'mmseg_version': '0.30.0', 'CLASSES': SEG_CLASSES, 'iter': 3},
                 'state_dict': run_file['state_dict']}, legacy)
-    test = dist('segmentation', FPN, data, '--test', legacy, '--work-dir', tmp_path / 'test')
-    assert 'mIoU of' in test.out
-    miou = [float(v) for v in __import__('re').findall(r'mIoU: ([\d.]+)', second.out + '\n' + test.out)]
-    assert len(miou) >= 2 and miou[-1] == miou[0]
+    capsys.readouterr()
+    assert main('segmentation', 'test', [str(ROOT / FPN), str(legacy), '--data-root', str(data),
+                                         '--work-dir', str(tmp_path / 'test')]) == 0
+    out = capsys.readouterr().out
+    assert f'mIoU of {legacy}:' in out
+    assert 0 <= float(re.search(r'^mIoU: ([\d.]+)$', out, re.M).group(1)) <= 100

@@ -23,7 +23,7 @@ shift 3
 [ -f "$CONFIG" ] || usage "config not found: $CONFIG"
 [[ "$NUM_PROC" =~ ^[1-9][0-9]*$ ]] || usage "NUM_PROC must be a positive integer, got '$NUM_PROC'"
 [ -d "$DATA_ROOT" ] || usage "dataset root not found: $DATA_ROOT"
-CORES=$(nproc)
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # cores this process may use
 if [ "$NUM_PROC" -gt "$CORES" ] && [ "${CONVMLP_ALLOW_OVERSUBSCRIBE:-0}" != 1 ]; then
     usage "$NUM_PROC processes but this node has $CORES CPU cores; use NUM_PROC <= $CORES or set CONVMLP_ALLOW_OVERSUBSCRIBE=1"
 fi

@@ -6,4 +6,4 @@ _base_ = [
     '../../_base_/schedules/adamw_shapes.py', '../../_base_/default_runtime_det.py'
 ]
 model = dict(backbone=dict(type='DetConvMLPSmall', init_cfg=None), bbox_head=dict(num_classes=3))
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=6, max_keep_ckpts=1))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run
@@ -32,6 +33,7 @@ def _steps_done(log_text):
     return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+) step (\d+)/', log_text)] or [0])
 
 
+@pytest.mark.slow
 def test_sigkill_and_torn_checkpoint_resume_bitwise(tmp_path):
     data = make_image_folder(tmp_path / 'data')
     out = tmp_path / 'out'

@@ -122,8 +122,8 @@ def _build(cfg: Config):
         x = x.contiguous(memory_format=torch.channels_last)
         if cfg.fused:
             model = model.fuse(inplace=True)
-            if cfg.dtype != 'fp32':  # inference only: cast weights once instead of on every call
-                model = model.to(DTYPES[cfg.dtype])
+            if cfg.dtype != 'fp32' and not cfg.compiled:  # eager: cast weights once, not every call
+                model = model.to(DTYPES[cfg.dtype])  # (compiled with freezing folds the casts itself)
         model.set_grad_checkpointing(cfg.checkpointing)
         net = model
     net.train(cfg.mode == 'train')

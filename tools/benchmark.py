@@ -129,6 +129,16 @@ def main(argv=None) -> int:
     if agreement:
         lines += ['', f'bf16 vs fp32 top-1 agreement ({args.agreement} digits images): ' +
                   ', '.join(f'{k} {v:.4f}' for k, v in agreement.items())]
+    ckpt = [r for r in main_rows if r['config']['mode'] == 'train' and r['config']['batch'] == args.ckpt_batch
+            and r['config']['path'] == 'fast' and r['config']['dtype'] == 'fp32' and not r['config']['compiled']
+            and 'error' not in r]
+    if args.ckpt_batch and len(ckpt) >= 2:
+        plain = next(r for r in ckpt if not r['config']['checkpointing'])['peak_mib']
+        saved = next(r for r in ckpt if r['config']['checkpointing'])['peak_mib']
+        report['checkpointing_memory_cut'] = 1 - saved / plain
+        lines += ['', f'Gradient checkpointing, training step at batch {args.ckpt_batch}: peak {plain:.0f} MiB -> '
+                  f'{saved:.0f} MiB ({100 * (1 - saved / plain):.0f}% less)']
+        (args.out / 'benchmark.json').write_text(json.dumps(report, indent=1))
     text = '\n'.join(lines)
     (args.out / 'benchmark.md').write_text(text + '\n')
     print(text)

@@ -93,6 +93,7 @@ def main(argv=None) -> int:
         configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
     main_rows = run_all(configs, args)
     bench.annotate(main_rows, peaks)
+    (args.out / 'benchmark.json').write_text(json.dumps(dict(matmul_peak_gflops=peaks, rows=main_rows), indent=1))
 
     templates = [bench.Config(path='baseline', device=args.device),
                  bench.Config(fused=True, device=args.device)]

@@ -279,6 +279,7 @@ def _format_metrics(metrics: dict) -> str:
 
 def main(task: str, mode: str, argv=None) -> int:
     """``{task}/{mode}.py`` (task 'detection'|'segmentation', mode 'train'|'test'); returns the exit code."""
+    import torch.distributed as dist
     args = parse_args(task, mode, argv)
     try:
         cfg = prepare_config(args, task, mode)
@@ -288,6 +289,11 @@ def main(task: str, mode: str, argv=None) -> int:
         if int(os.environ.get('RANK', 0)) == 0:
             print(f'error: {e}', file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():  # gloo left to interpreter exit can abort a rank ("terminate called")
+            if sys.exc_info()[0] is None:
+                dist.barrier()
+            dist.destroy_process_group()
 
 
 def _run(cfg, args, task: str, mode: str) -> int:

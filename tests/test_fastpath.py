@@ -172,8 +172,8 @@ def test_compiled_matches_eager():
 
 def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
-           '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--sweep-res',
-           '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--out', str(tmp_path)]
+           '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '2',
+           '--sweep-res', '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--out', str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / 'benchmark.json').read_text())

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_save, atomic_write
-from ..weights import CheckpointError, load_checkpoint_file, load_state_dict
+from ..weights import CheckpointError, load_checkpoint_file, load_state_dict, state_dict_mismatch
 
 __all__ = ['rng_state', 'set_rng_state', 'CheckpointFiles', 'find_resume_checkpoint', 'load_weights']
 
@@ -144,13 +144,9 @@ def load_weights(model: nn.Module, source: str, use_ema: bool = False) -> None:
         _log.warning(f'{source}: classifier {tuple(sd[dropped[0]].shape)} does not fit the model\'s '
                      f'{tuple(own[dropped[0]].shape)}: left freshly initialised')
     sd = {k: v for k, v in sd.items() if k not in dropped}
-    missing = [k for k in own if k not in sd and not is_head(k)]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f'weights {source} do not fit {type(model).__name__}: {len(missing)} missing '
-                              f'{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of '
-                              f'other shape {wrong[:3]}')
+    problem = state_dict_mismatch(own, sd, optional=tuple(c + '.' for c in classifiers))
+    if problem:
+        raise CheckpointError(f'weights {source} do not fit {type(model).__name__}: {problem}')
     model.load_state_dict(sd, strict=False)
 
 

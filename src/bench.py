@@ -7,16 +7,20 @@ configuration never leak into the next.
 Paths:
   * ``baseline``: the release's straightforward forward (:class:`ReleaseForward`): contiguous NCHW input and
     activations, a ``permute(...).contiguous()`` copy before and after every depthwise and downsampling conv,
-    BatchNorm unfused, fp32 only.
+    BatchNorm unfused, fp32 only, torch's default AdamW, glibc's default malloc.
   * ``fast``: our model in channels-last (no layout copies), optionally with BatchNorm folded (``fused``,
     inference only), ``torch.compile`` (inference with inductor freezing), autocast bf16/fp16 and gradient
-    checkpointing (training only).
+    checkpointing (training only); the fused AdamW kernel; malloc keeping freed memory (:mod:`src.malloc`).
+  ``malloc`` can be set either way on both paths, to show what the allocator alone contributes.
 
-Peak memory on CPU: resident set size. The child records VmRSS once model, inputs and optimizer exist,
-runs the warm-up (compilation included), resets the kernel's high-water mark (``/proc/self/clear_refs``,
-value 5), runs the timed iterations and reports ``VmHWM - VmRSS_before``: what the steps add on top of
-weights and inputs (activations, gradients, optimizer state, oneDNN scratch, allocator slack). On CUDA:
-``torch.cuda.max_memory_allocated`` over the timed iterations minus the memory allocated before.
+Peak memory, two measures of what a step adds on top of weights, inputs and optimizer state:
+  * ``tensor_mib``: the most bytes of tensors allocated during one step and alive at once. On CPU from the
+    profiler's allocation events (one extra step, after the timed ones); on CUDA
+    ``torch.cuda.max_memory_allocated`` over the timed steps minus what was allocated before.
+  * ``rss_mib`` (CPU): resident set size. The child records VmRSS once model, inputs and optimizer exist,
+    runs the warm-up (compilation included), resets the kernel's high-water mark (``/proc/self/clear_refs``,
+    value 5), runs the timed steps and reports ``VmHWM - VmRSS_before``: tensors plus what the allocator
+    holds on to, oneDNN scratch and compiled code.
 """
 from __future__ import annotations
 
@@ -27,15 +31,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from .convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
+from .malloc import keep_freed_memory
 
-__all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'matmul_peak_gflops', 'step_flops',
-           'bf16_agreement']
+__all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
+           'step_flops', 'bf16_agreement']
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -55,8 +60,13 @@ class Config:
     batch: int = 16
     res: int = 224
     device: str = 'cpu'
+    malloc: str = ''               # 'keep' (src.malloc) | 'system'; '' = the path's own: fast keep, baseline system
 
     def __post_init__(self):
+        if not self.malloc:
+            object.__setattr__(self, 'malloc', 'system' if self.path == 'baseline' else 'keep')
+        if self.malloc not in ('keep', 'system'):
+            raise ValueError(f"malloc must be 'keep' or 'system'; got {self.malloc!r}")
         if self.model not in BUILDERS:
             raise ValueError(f'unknown model {self.model!r}: choose from {sorted(BUILDERS)}')
         if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast'):
@@ -73,10 +83,15 @@ class Config:
     @property
     def label(self) -> str:
         if self.path == 'baseline':
-            return 'baseline (release)'
+            return 'baseline (release)' + ' + keep malloc' * (self.malloc == 'keep')
         parts = [self.dtype, 'compiled' if self.compiled else 'eager']
-        parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing
+        parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing + ['system malloc'] * (self.malloc == 'system')
         return ' '.join(parts)
+
+    @property
+    def is_reference(self) -> bool:
+        """The row every ratio is taken against: the release as it runs (baseline, system malloc)."""
+        return self.path == 'baseline' and self.malloc == 'system'
 
 
 class ReleaseForward(nn.Module):
@@ -141,7 +156,8 @@ def _build(cfg: Config):
         return model, step
 
     target = torch.randint(0, 1000, (cfg.batch,), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05,
+                                  fused=True if cfg.path == 'fast' else None)  # baseline: torch's default
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == 'fp16')
     loss_fn = nn.CrossEntropyLoss()
 
@@ -174,19 +190,32 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def peak_tensor_bytes(step: Callable[[], object]) -> int:
+    """Most bytes of CPU tensors allocated by ``step()`` and alive at the same time, from the profiler's
+    allocation and free events (the CPU counterpart of ``torch.cuda.max_memory_allocated``)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == '[memory]')
+    live = peak = 0
+    for _, nbytes in events:  # frees carry negative sizes
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
 def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
     """Measure ``cfg`` in this process: seconds per step (best and mean of ``iters`` after ``warmup``),
-    images/s (from the best step) and peak memory in MiB (see the module docstring for the method)."""
+    images/s (from the best step) and peak memory in MiB (see the module docstring for the methods)."""
     import gc
     torch.set_num_threads(threads)
+    malloc_kept = keep_freed_memory() if cfg.malloc == 'keep' else False
     cuda = cfg.device.startswith('cuda')
     _, step = _build(cfg)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     gc.collect()
-    if cuda:
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_kib('VmRSS')
+    base = torch.cuda.memory_allocated() if cuda else _rss_kib('VmRSS')
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -201,18 +230,19 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
         step()
         sync()
         times.append(time.perf_counter() - t)
+    rss_mib = float('nan')
     if cuda:
-        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    elif base is not None:
-        import resource
-        hwm = _rss_kib('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak_mib = (hwm - base) / 1024
+        tensor_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
-        peak_mib = float('nan')
+        if base is not None:
+            import resource
+            hwm = _rss_kib('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss_mib = (hwm - base) / 1024
+        tensor_mib = peak_tensor_bytes(step) / 2 ** 20
     best = min(times)  # best of N: the least disturbed step on a shared machine
     return dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
-                mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, peak_mib=peak_mib,
-                warmup_s=warmup_s, iters=iters, threads=threads)
+                mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
+                rss_mib=rss_mib, malloc_kept=malloc_kept, warmup_s=warmup_s, iters=iters, threads=threads)
 
 
 def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, timeout: float = 1800) -> Dict:
@@ -315,17 +345,22 @@ if __name__ == '__main__':
 
 # ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------
 def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: List[bool], fused: List[bool],
-           batch: int, res: int, device: str = 'cpu') -> List[Config]:
-    """Baseline first, then every fast-path combination, per model and mode (fused: inference only)."""
+           batch: int, res: int, device: str = 'cpu', malloc_rows: bool = True) -> List[Config]:
+    """Baseline first, then every fast-path combination, per model and mode (fused: inference only).
+    ``malloc_rows``: also the baseline with kept freed memory and the fp32 eager fast path with glibc's
+    default malloc, so the allocator's share of each speed-up is visible."""
     configs = []
     for model in models:
         for mode in modes:
-            configs.append(Config(model, mode, 'baseline', batch=batch, res=res, device=device))
+            common = dict(model=model, mode=mode, batch=batch, res=res, device=device)
+            configs.append(Config(path='baseline', **common))
+            if malloc_rows:
+                configs.append(Config(path='baseline', malloc='keep', **common))
+                configs.append(Config(fused=mode == 'infer' and True in fused, malloc='system', **common))
             for dtype in dtypes:
                 for comp in compiled:
                     for fuse in (fused if mode == 'infer' else [False]):
-                        configs.append(Config(model, mode, 'fast', dtype, comp, fuse, batch=batch, res=res,
-                                              device=device))
+                        configs.append(Config(dtype=dtype, compiled=comp, fused=fuse, **common))
     return configs
 
 
@@ -344,7 +379,7 @@ def sweep_configs(model: str, labels: List[Config], resolutions: List[int], batc
 
 
 def annotate(results: List[Dict], peaks: Dict[str, float]) -> None:
-    """Add ``x_baseline`` (images/s over the baseline with the same model, mode, batch, resolution),
+    """Add ``x_baseline`` (images/s over the reference baseline with the same model, mode, batch, resolution),
     ``gflops`` (achieved) and ``pct_peak`` (of the measured matmul peak in the row's dtype)."""
     flops_cache: Dict[tuple, float] = {}
     for r in results:
@@ -356,22 +391,23 @@ def annotate(results: List[Dict], peaks: Dict[str, float]) -> None:
             flops_cache[key] = step_flops(*key)
         r['gflops'] = flops_cache[key] * c['batch'] / r['best_sec'] / 1e9
         r['pct_peak'] = 100 * r['gflops'] / peaks[c['dtype']] if c['dtype'] in peaks else float('nan')
-        base = next((b for b in results if 'error' not in b and b['config']['path'] == 'baseline' and
+        base = next((b for b in results if 'error' not in b and Config(**b['config']).is_reference and
                      all(b['config'][k] == c[k] for k in ('model', 'mode', 'batch', 'res', 'device'))), None)
         r['x_baseline'] = r['images_per_s'] / base['images_per_s'] if base else float('nan')
 
 
 def markdown_table(results: List[Dict]) -> str:
-    head = ('| model | step | path | batch | res | img/s | x baseline | peak MiB | GFLOP/s | % matmul peak |\n'
-            '|---|---|---|---:|---:|---:|---:|---:|---:|---:|')
+    head = ('| model | step | path | batch | res | img/s | x baseline | tensor MiB | RSS MiB | GFLOP/s | '
+            '% matmul peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
     rows = []
     for r in results:
         c = r['config']
         lead = f"| {c['model']} | {c['mode']} | {r['label']} | {c['batch']} | {c['res']} |"
         if 'error' in r:
-            rows.append(f"{lead} failed: {r['error'][:80]} | | | | |")
+            rows.append(f"{lead} failed: {r['error'][:80]} | | | | | |")
             continue
-        rows.append(f"{lead} {r['images_per_s']:.2f} | {r['x_baseline']:.2f} | {r['peak_mib']:.0f} | "
+        rows.append(f"{lead} {r['images_per_s']:.2f} | {r['x_baseline']:.2f} | {r['tensor_mib']:.0f} | "
+                    f"{r['rss_mib']:.0f} | "
                     f"{r['gflops']:.1f} | {r['pct_peak']:.0f} |")
     return '\n'.join([head] + rows)
 
@@ -400,12 +436,14 @@ def plot_sweeps(res_rows: List[Dict], batch_rows: List[Dict], path: Path, title:
                                                (batch_rows, 'batch', 'batch size'))):
         labels = list(dict.fromkeys(r['label'] for r in rows if 'error' not in r))
         for label in labels:
-            pts = sorted((r['config'][key], r) for r in rows if r.get('label') == label and 'error' not in r)
+            pts = sorted(((r['config'][key], r) for r in rows if r.get('label') == label and 'error' not in r),
+                         key=lambda p: p[0])
             xs = [p[0] for p in pts]
-            axes[0, col].plot(xs, [p[1]['images_per_s'] for p in pts], 'o-', label=label)
-            axes[1, col].plot(xs, [p[1]['peak_mib'] for p in pts], 'o-', label=label)
+            line, = axes[0, col].plot(xs, [p[1]['images_per_s'] for p in pts], 'o-', label=label)
+            axes[1, col].plot(xs, [p[1]['tensor_mib'] for p in pts], 'o-', color=line.get_color(), label=label)
+            axes[1, col].plot(xs, [p[1]['rss_mib'] for p in pts], 'x--', color=line.get_color(), alpha=.6)
         axes[0, col].set_ylabel('images / s')
-        axes[1, col].set_ylabel('peak memory (MiB)')
+        axes[1, col].set_ylabel('peak memory, MiB (o- tensors, x-- RSS)')
         for row in range(2):
             axes[row, col].set_xlabel(xlabel)
             axes[row, col].set_xscale('log', base=2)

@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from .malloc import keep_freed_memory
 from .weights import CheckpointError, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict
 
 __all__ = ['main', 'UsageError', 'prepare_config', 'set_data_root', 'check_data_paths',
@@ -283,6 +284,11 @@ def main(task: str, mode: str, argv=None) -> int:
     args = parse_args(task, mode, argv)
     try:
         cfg = prepare_config(args, task, mode)
+        if not torch.cuda.is_available():
+            try:
+                keep_freed_memory()  # no page faults for every step's activations (src/malloc.py)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         _init_distributed(args.launcher)
         return _run(cfg, args, task, mode)
     except (UsageError, CheckpointError) as e:

@@ -11,7 +11,7 @@ from torch.profiler import profile
 
 from conftest import ROOT
 from src import convmlp_s
-from src.bench import ReleaseForward, bf16_agreement
+from src.bench import ReleaseForward, bf16_agreement, peak_tensor_bytes
 from src.convmlp import ConvMLP
 from src.fuse import fuse_model
 
@@ -170,6 +170,56 @@ def test_compiled_matches_eager():
         assert torch.allclose(compiled(x), model(x), atol=1e-4)
 
 
+RSS_AFTER_FREE = """
+import sys, torch
+from src.malloc import keep_freed_memory
+applied = keep_freed_memory()
+def rss():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) // 1024
+x = torch.ones(64 * 2 ** 18)  # 64 MiB, touched
+before_free = rss()
+del x
+print(applied, before_free - rss())
+"""
+
+
+@pytest.mark.parametrize('setting', ['keep', 'system'])
+def test_keep_freed_memory_keeps_a_freed_tensor_resident(setting):
+    """With glibc's defaults a freed 64 MiB tensor goes back to the kernel (and is page-faulted in again on
+    the next step); kept, it stays for reuse."""
+    env = dict(__import__('os').environ, CONVMLP_MALLOC=setting)
+    out = subprocess.run([sys.executable, '-c', RSS_AFTER_FREE], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    applied, released_mib = out[0] == 'True', int(out[1])
+    if setting == 'keep':
+        assert applied and released_mib < 8
+    else:
+        assert not applied and released_mib > 56
+
+
+def test_keep_freed_memory_rejects_unknown_setting(monkeypatch):
+    from src.malloc import keep_freed_memory
+    monkeypatch.setenv('CONVMLP_MALLOC', 'jemalloc')
+    with pytest.raises(ValueError, match="CONVMLP_MALLOC='jemalloc': use 'keep'"):
+        keep_freed_memory()
+
+
+def test_peak_tensor_bytes_counts_tensors_alive_together():
+    mib = 2 ** 20
+
+    def together():
+        a = torch.empty(8 * mib, dtype=torch.uint8)
+        b = torch.empty(4 * mib, dtype=torch.uint8)
+        return a.numel() + b.numel()
+
+    def one_after_another():
+        for n in (8, 4):
+            torch.empty(n * mib, dtype=torch.uint8)
+
+    assert 12 * mib <= peak_tensor_bytes(together) < 13 * mib
+    assert 8 * mib <= peak_tensor_bytes(one_after_another) < 9 * mib
+
+
 def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
            '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '2',
@@ -178,9 +228,12 @@ def test_benchmark_tool_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     labels = [r['label'] for r in report['rows']]
-    assert labels == ['baseline (release)', 'fp32 eager fused']
+    assert labels == ['baseline (release)', 'baseline (release) + keep malloc', 'fp32 eager fused system malloc',
+                      'fp32 eager fused']
     assert report['rows'][0]['x_baseline'] == 1.0
-    assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['peak_mib'] == r['peak_mib'] for r in report['rows'])
+    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True]
+    assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['tensor_mib'] > 0 and r['rss_mib'] == r['rss_mib']
+               for r in report['rows'])
     assert report['matmul_peak_gflops']['fp32'] > 0
     assert '| convmlp_s | infer | fp32 eager fused | 1 | 32 |' in (tmp_path / 'benchmark.md').read_text()
 

@@ -4,9 +4,11 @@
     python tools/benchmark.py --models s m l --iters 10        # all variants
     python tools/benchmark.py --device cuda --dtypes fp32 bf16 fp16 --threads 1   # same on a GPU
 
-Per row: images/s (best of --iters timed steps after --warmup), the ratio to the baseline row of the same
-model/step/batch/resolution, peak memory (method: src/bench.py docstring), achieved GFLOP/s and its share
-of the machine's measured matmul peak in the row's dtype. Writes OUT/benchmark.{md,json,png}: the table,
+Per row: images/s (best of --iters timed steps after --warmup), the ratio to the baseline row (the release's
+forward with glibc's default malloc) of the same model/step/batch/resolution, peak memory as tensors and as
+resident set size (methods: src/bench.py docstring), achieved GFLOP/s and its share of the machine's
+measured matmul peak in the row's dtype. On CPU two more rows per step separate the allocator's share
+(src/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default. Writes OUT/benchmark.{md,json,png}: the table,
 everything measured, and the plot of throughput and memory against resolution and batch size.
 """
 from __future__ import annotations
@@ -34,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=sorted(bench.DTYPES))
     p.add_argument('--compile', default='both', choices=sorted(BOTH), help='torch.compile rows')
     p.add_argument('--fuse', default='both', choices=sorted(BOTH), help='BatchNorm-folded inference rows')
+    p.add_argument('--malloc-rows', action=argparse.BooleanOptionalAction, default=True,
+                   help='CPU: rows that swap the malloc setting of the baseline and of the fp32 fast path')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--res', type=int, default=224)
     p.add_argument('--threads', type=int, default=2)
@@ -78,7 +82,7 @@ def run_all(configs, args):
             if cfg not in best or 'error' in best[cfg] or ('error' not in r and
                                                             r['best_sec'] < best[cfg]['best_sec']):
                 best[cfg] = r
-            what = r['error'] if 'error' in r else f"{r['images_per_s']:.2f} img/s, {r['peak_mib']:.0f} MiB"
+            what = r['error'] if 'error' in r else f"{r['images_per_s']:.2f} img/s, {r['tensor_mib']:.0f} MiB tensors"
             log(f'[round {rnd}, {i}/{len(configs)}] {cfg.model} {cfg.mode} {cfg.label} b{cfg.batch} '
                 f'{cfg.res}px: {what} ({time.time() - t:.0f}s)')
     return [best[cfg] for cfg in configs]
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     log('matmul peak GFLOP/s: ' + ', '.join(f'{d} {v:.0f}' for d, v in peaks.items()))
 
     configs = bench.matrix(models, args.modes, args.dtypes, BOTH[args.compile], BOTH[args.fuse],
-                           args.batch, args.res, args.device)
+                           args.batch, args.res, args.device, args.malloc_rows and args.device == 'cpu')
     if args.ckpt_batch and 'train' in args.modes:
         configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
     main_rows = run_all(configs, args)
@@ -139,13 +143,15 @@ def main(argv=None) -> int:
                   ', '.join(f'{k} {v:.4f}' for k, v in agreement.items())]
     ckpt = [r for r in main_rows if r['config']['mode'] == 'train' and r['config']['batch'] == args.ckpt_batch
             and r['config']['path'] == 'fast' and r['config']['dtype'] == 'fp32' and not r['config']['compiled']
-            and 'error' not in r]
+            and r['config']['malloc'] == 'keep' and 'error' not in r]
     if args.ckpt_batch and len(ckpt) >= 2:
-        plain = next(r for r in ckpt if not r['config']['checkpointing'])['peak_mib']
-        saved = next(r for r in ckpt if r['config']['checkpointing'])['peak_mib']
-        report['checkpointing_memory_cut'] = 1 - saved / plain
-        lines += ['', f'Gradient checkpointing, training step at batch {args.ckpt_batch}: peak {plain:.0f} MiB -> '
-                  f'{saved:.0f} MiB ({100 * (1 - saved / plain):.0f}% less)']
+        plain = next(r for r in ckpt if not r['config']['checkpointing'])
+        saved = next(r for r in ckpt if r['config']['checkpointing'])
+        cut = {k: 1 - saved[k] / plain[k] for k in ('tensor_mib', 'rss_mib')}
+        report['checkpointing_memory_cut'] = cut
+        lines += ['', f'Gradient checkpointing, training step at batch {args.ckpt_batch}: peak tensor memory '
+                  f"{plain['tensor_mib']:.0f} -> {saved['tensor_mib']:.0f} MiB ({100 * cut['tensor_mib']:.0f}% less), "
+                  f"peak RSS {plain['rss_mib']:.0f} -> {saved['rss_mib']:.0f} MiB ({100 * cut['rss_mib']:.0f}% less)"]
         (args.out / 'benchmark.json').write_text(json.dumps(report, indent=1))
     text = '\n'.join(lines)
     (args.out / 'benchmark.md').write_text(text + '\n')

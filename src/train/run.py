@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..malloc import keep_freed_memory
 from ..weights import CheckpointError
 from . import data as D
 from .config import UsageError, check_model_name, parse_args
@@ -35,6 +36,10 @@ def _init_distributed(device_arg: Optional[str]):
         torch.cuda.set_device(device)
     else:
         device = torch.device('cpu')
+        try:
+            keep_freed_memory()  # no page faults for every step's activations (src/malloc.py)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if world > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if use_cuda else 'gloo')
     return device, rank, world
@@ -164,8 +169,11 @@ def train(args, device, rank, world) -> int:
     _seed_everything(args.seed + rank)
     model = _build_model(args, num_classes).to(device)
     ema = ModelEmaV3(model, decay=args.model_ema_decay, device=device) if args.model_ema else None
+    opt_kwargs = {'eps': args.opt_eps} if args.opt_eps else {}
+    if args.opt.lower() in ('adam', 'adamw'):
+        opt_kwargs['fused'] = True  # one kernel per step instead of a loop over parameters (CPU and CUDA)
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, **({'eps': args.opt_eps} if args.opt_eps else {}))
+                                    momentum=args.momentum, **opt_kwargs)
     scaler = NativeScaler(device=device.type) if args.amp and device.type == 'cuda' and \
         (args.amp_dtype or 'float16') == 'float16' else None
     autocast = autocast_for(device, args.amp, args.amp_dtype)

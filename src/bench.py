@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -261,22 +261,24 @@ def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, time
 
 
 # ---- machine limits and model cost ------------------------------------------------------------------
-def matmul_peak_gflops(dtype: str = 'fp32', threads: int = 2, n: int = 2048, device: str = 'cpu',
-                       repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of an n x n x n matrix multiply in ``dtype`` (the machine's practical peak)."""
+def matmul_peak_gflops(dtype: str = 'fp32', threads: int = 2, sizes: Sequence[int] = (1024, 2048),
+                       device: str = 'cpu', repeats: int = 10) -> float:
+    """The machine's practical peak in ``dtype``: best GFLOP/s of an n x n x n matrix multiply over ``sizes``
+    and ``repeats`` tries each (the best try is the one least disturbed by other work on the machine)."""
     torch.set_num_threads(threads)
-    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
-    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-    a @ b
-    best = float('inf')
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
+    best = 0.
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+        b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
         a @ b
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+        for _ in range(repeats):
+            sync()
+            t = time.perf_counter()
+            a @ b
+            sync()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def step_flops(model: str, res: int, mode: str) -> float:

@@ -179,3 +179,18 @@ def test_truncated_resume_checkpoint_reports_path_and_size(tmp_path, folder, cap
 def test_unknown_torchvision_dataset(tmp_path, capsys):
     code, _, err = _main(capsys, tmp_path, '--dataset', 'tv-CIFAR11', *_tiny(tmp_path))
     assert code == 2 and "unknown torchvision dataset 'tv-CIFAR11'" in err and "did you mean 'CIFAR10'" in err
+
+
+def test_bad_malloc_setting_exits_2_before_any_output(tmp_path, folder, capsys, monkeypatch):
+    monkeypatch.setenv('CONVMLP_MALLOC', 'tcmalloc')
+    code, _, err = _main(capsys, folder, *_tiny(tmp_path))
+    assert code == 2 and "CONVMLP_MALLOC='tcmalloc'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / 'out').exists()
+
+
+def test_adamw_runs_fused_and_keeps_the_checkpoint_layout(tmp_path, folder, capsys):
+    code, _, err = _main(capsys, folder, *_tiny(tmp_path))
+    assert code == 0, err
+    state = torch.load(tmp_path / 'out' / 'run' / 'last.pth.tar', map_location='cpu', weights_only=False)
+    assert all(group['fused'] for group in state['optimizer']['param_groups'])
+    assert {'step', 'exp_avg', 'exp_avg_sq'} <= set(next(iter(state['optimizer']['state'].values())))

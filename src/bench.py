@@ -7,8 +7,9 @@ configuration never leak into the next.
 Paths:
   * ``baseline``: the release's straightforward forward (:class:`ReleaseForward`): contiguous NCHW input and
     activations, a ``permute(...).contiguous()`` copy before and after every depthwise and downsampling conv,
-    BatchNorm unfused, fp32 only, torch's default AdamW, glibc's default malloc.
-  * ``fast``: our model in channels-last (no layout copies), optionally with BatchNorm folded (``fused``,
+    BatchNorm unfused, channel MLPs through ``nn.Linear``, fp32 only, torch's default AdamW, glibc's default
+    malloc.
+  * ``fast``: our model in channels-last (no layout copies; on CPU the channel MLPs as 1x1 convs), optionally with BatchNorm folded (``fused``,
     inference only), ``torch.compile`` (inference with inductor freezing), autocast bf16/fp16 and gradient
     checkpointing (training only); the fused AdamW kernel; malloc keeping freed memory (:mod:`src.malloc`).
   ``malloc`` can be set either way on both paths, to show what the allocator alone contributes.
@@ -96,7 +97,8 @@ class Config:
 
 class ReleaseForward(nn.Module):
     """The release's straightforward forward over a :class:`ConvMLP`'s own modules: contiguous NCHW
-    input, each depthwise and downsampling conv wrapped in ``permute(...).contiguous()`` copies.
+    input, each depthwise and downsampling conv wrapped in ``permute(...).contiguous()`` copies, the channel
+    MLPs through ``nn.Linear``.
     (B, 3, H, W) -> logits (B, num_classes)."""
 
     def __init__(self, model: ConvMLP):
@@ -107,6 +109,10 @@ class ReleaseForward(nn.Module):
     def _conv_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return conv(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).contiguous()
 
+    @staticmethod
+    def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return mlp.fc2(mlp.act(mlp.fc1(x)))  # nn.Linear, i.e. the BLAS matmul
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         x = m.tokenizer.block(x.contiguous())
@@ -115,9 +121,9 @@ class ReleaseForward(nn.Module):
         x = m.conv_stages.downsample(x).permute(0, 2, 3, 1)
         for stage in m.stages:
             for blk in stage.blocks:
-                x = x + blk.drop_path(blk.channel_mlp1(blk.norm1(x)))
+                x = x + blk.drop_path(self._mlp(blk.channel_mlp1, blk.norm1(x)))
                 x = self._conv_nhwc(blk.connect, blk.connect_norm(x))
-                x = x + blk.drop_path(blk.channel_mlp2(blk.norm2(x)))
+                x = x + blk.drop_path(self._mlp(blk.channel_mlp2, blk.norm2(x)))
             if isinstance(stage.downsample_mlp, ConvDownsample):
                 x = self._conv_nhwc(stage.downsample_mlp.downsample, x)
         return m.head(m.norm(x).mean(dim=(1, 2)))
@@ -264,20 +270,28 @@ def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, time
 def matmul_peak_gflops(dtype: str = 'fp32', threads: int = 2, sizes: Sequence[int] = (1024, 2048),
                        device: str = 'cpu', repeats: int = 10) -> float:
     """The machine's practical peak in ``dtype``: best GFLOP/s of an n x n x n matrix multiply over ``sizes``
-    and ``repeats`` tries each (the best try is the one least disturbed by other work on the machine)."""
+    and ``repeats`` tries each (the best try is the one least disturbed by other work on the machine). On
+    CPU the product runs both as BLAS ``a @ b`` and as oneDNN's 1x1 convolution (the kernel our channel MLPs
+    and convs use, often the faster of the two), and the better counts."""
+    import torch.nn.functional as F
     torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
     best = 0.
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
         b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
-        a @ b
-        for _ in range(repeats):
-            sync()
-            t = time.perf_counter()
-            a @ b
-            sync()
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        products = [lambda: a @ b]
+        if device == 'cpu':  # rows of a as n pixels of a channels-last (1, n, n, 1) map, b as n 1x1 filters
+            a_map, filters = a.view(1, n, 1, n).permute(0, 3, 1, 2), b.view(n, n, 1, 1)
+            products.append(lambda: F.conv2d(a_map, filters))
+        for product in products:
+            product()
+            for _ in range(repeats):
+                sync()
+                t = time.perf_counter()
+                product()
+                sync()
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
     return best
 
 

@@ -20,6 +20,7 @@ import contextlib
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
@@ -138,19 +139,6 @@ class ConvStage(nn.Module):
         return self.downsample(x)
 
 
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear over the last dim: (..., C) -> (..., C)."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 def nchw_view(x: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) -> (B, C, H, W) view (no copy; channels_last strides when ``x`` is contiguous)."""
     return x.permute(0, 3, 1, 2)
@@ -159,6 +147,31 @@ def nchw_view(x: torch.Tensor) -> torch.Tensor:
 def nhwc_view(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W, C) view (no copy; contiguous when ``x`` is channels_last)."""
     return x.permute(0, 2, 3, 1)
+
+
+def channel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` over the last dim of a channels-last map: (B, H, W, C) -> (B, H, W, C').
+
+    On CPU this runs as a 1x1 convolution over the NCHW view (same weights, viewed (C', C, 1, 1); no copy):
+    oneDNN's convolution kernels do these matrix products 10-30% faster than the BLAS matmul behind
+    ``F.linear`` (fp32, ConvMLP-S's stages 0 and 1, forward and backward). Elsewhere it is ``linear(x)``."""
+    if x.device.type != 'cpu' or x.dim() != 4:
+        return linear(x)
+    weight = linear.weight
+    return nhwc_view(F.conv2d(nchw_view(x), weight.view(*weight.shape, 1, 1), linear.bias))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear over the channels of a channels-last map: (B, H, W, C) -> (B, H, W, C)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_linear(self.fc2, self.act(channel_linear(self.fc1, x)))
 
 
 class ConvMLPBlock(nn.Module):

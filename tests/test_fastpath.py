@@ -12,7 +12,7 @@ from torch.profiler import profile
 from conftest import ROOT
 from src import convmlp_s
 from src.bench import ReleaseForward, bf16_agreement, peak_tensor_bytes
-from src.convmlp import ConvMLP
+from src.convmlp import ConvMLP, channel_linear
 from src.fuse import fuse_model
 
 
@@ -66,6 +66,27 @@ def test_release_style_baseline_computes_the_same(model_s):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(ReleaseForward(model_s)(x), model_s(x), atol=1e-5)
+
+
+@pytest.mark.parametrize('layout', ['nhwc', 'nchw memory', 'one pixel'])
+def test_channel_linear_as_1x1_conv_matches_linear(layout):
+    """On CPU the channel MLPs' linears run as 1x1 convs: same values and gradients as nn.Linear, whatever
+    the input's memory layout, and in bf16 autocast."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24)
+    x = {'nhwc': torch.randn(2, 5, 7, 16), 'one pixel': torch.randn(1, 1, 1, 16),
+         'nchw memory': torch.randn(2, 16, 5, 7).permute(0, 2, 3, 1)}[layout].requires_grad_()
+    grad = torch.randn(*x.shape[:3], 24)
+    y = channel_linear(linear, x)
+    (dx, dw, db) = torch.autograd.grad(y, (x, linear.weight, linear.bias), grad)
+    y_ref = linear(x)
+    (dx_ref, dw_ref, db_ref) = torch.autograd.grad(y_ref, (x, linear.weight, linear.bias), grad)
+    assert y.shape == y_ref.shape and torch.allclose(y, y_ref, atol=1e-5)
+    for got, ref in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        assert torch.allclose(got, ref, atol=1e-4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y16 = channel_linear(linear, x)
+    assert y16.dtype == torch.bfloat16 and torch.allclose(y16.float(), y_ref, atol=0.05)
 
 
 def test_channels_last_matches_contiguous_without_layout_copies(model_s):

@@ -24,6 +24,13 @@ def build_model(config: str, scope: str, init_cfg=None, **cfg_options):
     return registry.build(cfg.model)
 
 
+def build_optimizer(config: str, model):
+    """The optimizer ``config``'s optim_wrapper builds for ``model``."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    return build_optim_wrapper(model, Config.fromfile(str(ROOT / config)).optim_wrapper).optimizer
+
+
 def count_params(model) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 

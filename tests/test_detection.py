@@ -4,7 +4,7 @@ import torch
 
 pytest.importorskip('mmdet')
 
-from dense_e2e import ROOT, build_model, count_params, dist, metrics, run  # noqa: E402
+from dense_e2e import ROOT, build_model, build_optimizer, count_params, dist, metrics, run  # noqa: E402
 from src import zoo  # noqa: E402
 from src.convmlp import convmlp_s  # noqa: E402
 from src.mmrun import main  # noqa: E402
@@ -13,6 +13,12 @@ from src.weights import CheckpointError  # noqa: E402
 
 RETINANET = 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'
 MASKRCNN = 'configs/detection/shapes/maskrcnn_convmlp_s_fpn_shapes.py'
+
+
+def test_adamw_runs_as_one_fused_kernel():
+    config = 'configs/detection/retinanet_convmlp_s_fpn_1x_coco.py'
+    optimizer = build_optimizer(config, build_model(config, 'mmdet'))
+    assert type(optimizer).__name__ == 'AdamW' and all(g['fused'] for g in optimizer.param_groups)
 
 
 @pytest.mark.parametrize('variant', ['s', 'm', 'l'])

@@ -8,13 +8,19 @@ from PIL import Image
 
 pytest.importorskip('mmseg')
 
-from dense_e2e import ROOT, build_model, count_params, dist  # noqa: E402
+from dense_e2e import ROOT, build_model, build_optimizer, count_params, dist  # noqa: E402
 from src import zoo  # noqa: E402
 from src.convmlp import convmlp_l  # noqa: E402
 from src.mmrun import load_checkpoint_for_test, main  # noqa: E402
 from src.shapes import SEG_CLASSES, make_shapes  # noqa: E402
 
 FPN = 'configs/segmentation/shapes/fpn_convmlp_s_shapes.py'
+
+
+def test_adamw_runs_as_one_fused_kernel():
+    config = 'configs/segmentation/fpn_convmlp_s_512x512_40k_ade20k.py'
+    optimizer = build_optimizer(config, build_model(config, 'mmseg'))
+    assert type(optimizer).__name__ == 'AdamW' and all(g['fused'] for g in optimizer.param_groups)
 
 
 @pytest.mark.parametrize('variant', ['s', 'm', 'l'])

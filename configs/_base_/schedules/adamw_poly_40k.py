@@ -2,7 +2,7 @@
 # (power 0.9) to 0; validation and checkpoints every 4k iterations.
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0002, weight_decay=0.0001),
+    optimizer=dict(type='AdamW', lr=0.0002, weight_decay=0.0001, fused=True),  # one kernel, not a loop
     clip_grad=None)
 param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=40000, by_epoch=False)

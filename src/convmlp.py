@@ -152,10 +152,11 @@ def nhwc_view(x: torch.Tensor) -> torch.Tensor:
 def channel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``linear(x)`` over the last dim of a channels-last map: (B, H, W, C) -> (B, H, W, C').
 
-    On CPU this runs as a 1x1 convolution over the NCHW view (same weights, viewed (C', C, 1, 1); no copy):
-    oneDNN's convolution kernels do these matrix products 10-30% faster than the BLAS matmul behind
-    ``F.linear`` (fp32, ConvMLP-S's stages 0 and 1, forward and backward). Elsewhere it is ``linear(x)``."""
-    if x.device.type != 'cpu' or x.dim() != 4:
+    Eager on CPU this runs as a 1x1 convolution over the NCHW view (same weights, viewed (C', C, 1, 1); no
+    copy): oneDNN's convolution kernels do these matrix products 10-30% faster than the BLAS matmul behind
+    ``F.linear`` (fp32, ConvMLP-S's stages 0 and 1, forward and backward). Elsewhere, and under
+    ``torch.compile`` (whose frozen inference graphs pack linears into oneDNN's own), it is ``linear(x)``."""
+    if x.device.type != 'cpu' or x.dim() != 4 or torch.compiler.is_compiling():
         return linear(x)
     weight = linear.weight
     return nhwc_view(F.conv2d(nchw_view(x), weight.view(*weight.shape, 1, 1), linear.bias))

@@ -9,9 +9,10 @@ Paths:
     activations, a ``permute(...).contiguous()`` copy before and after every depthwise and downsampling conv,
     BatchNorm unfused, channel MLPs through ``nn.Linear``, fp32 only, torch's default AdamW, glibc's default
     malloc.
-  * ``fast``: our model in channels-last (no layout copies; on CPU the channel MLPs as 1x1 convs), optionally with BatchNorm folded (``fused``,
-    inference only), ``torch.compile`` (inference with inductor freezing), autocast bf16/fp16 and gradient
-    checkpointing (training only); the fused AdamW kernel; malloc keeping freed memory (:mod:`src.malloc`).
+  * ``fast``: our model in channels-last (no layout copies; eager on CPU the channel MLPs as 1x1 convs),
+    optionally with BatchNorm folded (``fused``, inference only), ``torch.compile`` (inference with inductor
+    freezing), autocast bf16/fp16 and gradient checkpointing (training only); the fused AdamW kernel; malloc
+    keeping freed memory (:mod:`src.malloc`).
   ``malloc`` can be set either way on both paths, to show what the allocator alone contributes.
 
 Peak memory, two measures of what a step adds on top of weights, inputs and optimizer state:

@@ -8,8 +8,9 @@ Per row: images/s (best of --iters timed steps after --warmup), the ratio to the
 forward with glibc's default malloc) of the same model/step/batch/resolution, peak memory as tensors and as
 resident set size (methods: src/bench.py docstring), achieved GFLOP/s and its share of the machine's
 measured matmul peak in the row's dtype. On CPU two more rows per step separate the allocator's share
-(src/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default. Writes OUT/benchmark.{md,json,png}: the table,
-everything measured, and the plot of throughput and memory against resolution and batch size.
+(src/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default.
+Writes OUT/benchmark.{md,json,png}: the table, everything measured, and the plot of throughput and memory
+against resolution and batch size.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from torch.profiler import profile
 
 from conftest import ROOT
 from src import convmlp_s
-from src.bench import ReleaseForward, bf16_agreement, peak_tensor_bytes
+from src.bench import ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
 from src.convmlp import ConvMLP, channel_linear
 from src.fuse import fuse_model
 
@@ -239,6 +239,15 @@ def test_peak_tensor_bytes_counts_tensors_alive_together():
 
     assert 12 * mib <= peak_tensor_bytes(together) < 13 * mib
     assert 8 * mib <= peak_tensor_bytes(one_after_another) < 9 * mib
+
+
+def test_training_flops_are_forward_plus_two_gradients():
+    """Backward computes the input and the weight gradient of every conv, each as many multiply-adds as the
+    forward, except the stem's first conv, whose input (the image) needs no gradient. torch's own counter
+    counts the depthwise convs' weight gradients once per channel group; ours must not."""
+    forward = step_flops('convmlp_s', 64, 'infer')
+    first_conv = 2 * 32 * 3 * 3 * 3 * 32 * 32  # 3 -> 32 channels, 3x3, stride 2: 32x32 outputs at 64 px
+    assert step_flops('convmlp_s', 64, 'train') == pytest.approx(3 * forward - first_conv, rel=1e-3)
 
 
 def test_benchmark_tool_smoke(tmp_path):

@@ -13,7 +13,10 @@ Paths:
     optionally with BatchNorm folded (``fused``, inference only), ``torch.compile`` (inference with inductor
     freezing), autocast bf16/fp16 and gradient checkpointing (training only); the fused AdamW kernel; malloc
     keeping freed memory (:mod:`src.malloc`).
-  ``malloc`` can be set either way on both paths, to show what the allocator alone contributes.
+  * ``floor``: the eager fast path's step with each matrix product (convolution forward and backward, mm)
+    timed as it runs (:class:`ProductTimer`); the row reports their sum only: how fast the step would go on
+    this machine if everything that is not a matrix product took no time.
+  ``malloc`` can be set either way on the first two paths, to show what the allocator alone contributes.
 
 Peak memory, two measures of what a step adds on top of weights, inputs and optimizer state:
   * ``tensor_mib``: the most bytes of tensors allocated during one step and alive at once. On CPU from the
@@ -37,12 +40,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
 from .malloc import keep_freed_memory
 
 __all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
-           'step_flops', 'bf16_agreement']
+           'step_flops', 'bf16_agreement', 'ProductTimer']
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -54,7 +58,7 @@ class Config:
     """One measured configuration."""
     model: str = 'convmlp_s'
     mode: str = 'infer'            # 'infer' | 'train' (forward, backward, AdamW step)
-    path: str = 'fast'             # 'baseline' | 'fast'
+    path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone)
     dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
     compiled: bool = False
     fused: bool = False            # BatchNorm folded into convs (inference only)
@@ -71,12 +75,14 @@ class Config:
             raise ValueError(f"malloc must be 'keep' or 'system'; got {self.malloc!r}")
         if self.model not in BUILDERS:
             raise ValueError(f'unknown model {self.model!r}: choose from {sorted(BUILDERS)}')
-        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast'):
-            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline' or 'fast'; got {self}")
+        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast', 'floor'):
+            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline', 'fast' or 'floor'; got {self}")
         if self.dtype not in DTYPES:
             raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)}')
         if self.path == 'baseline' and (self.dtype != 'fp32' or self.compiled or self.fused or self.checkpointing):
             raise ValueError('the baseline is the release forward: fp32, eager, unfused, no checkpointing')
+        if self.path == 'floor' and (self.compiled or self.checkpointing):
+            raise ValueError("the floor times the eager fast path's products: no compile, no checkpointing")
         if self.fused and self.mode == 'train':
             raise ValueError('fused BatchNorm is for inference: training needs batch statistics')
         if self.checkpointing and self.mode == 'infer':
@@ -86,6 +92,8 @@ class Config:
     def label(self) -> str:
         if self.path == 'baseline':
             return 'baseline (release)' + ' + keep malloc' * (self.malloc == 'keep')
+        if self.path == 'floor':
+            return f"{self.dtype}{' fused' * self.fused} matrix products alone (floor)"
         parts = [self.dtype, 'compiled' if self.compiled else 'eager']
         parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing + ['system malloc'] * (self.malloc == 'system')
         return ' '.join(parts)
@@ -164,7 +172,7 @@ def _build(cfg: Config):
 
     target = torch.randint(0, 1000, (cfg.batch,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05,
-                                  fused=True if cfg.path == 'fast' else None)  # baseline: torch's default
+                                  fused=True if cfg.path != 'baseline' else None)  # baseline: torch's default
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == 'fp16')
     loss_fn = nn.CrossEntropyLoss()
 
@@ -221,6 +229,19 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
     cuda = cfg.device.startswith('cuda')
     _, step = _build(cfg)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cfg.path == 'floor':
+        for _ in range(max(warmup, 1)):
+            step()
+        timers = []
+        for _ in range(iters):
+            with ProductTimer(sync) as timer:
+                step()
+            timers.append(timer)
+        seconds = [t.seconds for t in timers]
+        return dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=min(seconds),
+                    mean_sec=sum(seconds) / len(seconds), images_per_s=cfg.batch / min(seconds),
+                    tensor_mib=float('nan'), rss_mib=float('nan'), malloc_kept=malloc_kept, warmup_s=0.,
+                    iters=iters, threads=threads, products_per_step=len(timers[0].ops))
     gc.collect()
     base = torch.cuda.memory_allocated() if cuda else _rss_kib('VmRSS')
     t0 = time.perf_counter()
@@ -265,6 +286,37 @@ def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, time
         tail = (proc.stderr.strip().splitlines() or ['no output'])[-1]
         return dict(config=dataclasses.asdict(cfg), label=cfg.label, error=tail)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- the floor: the time a step spends in matrix products ---------------------------------------------
+PRODUCT_OPS = frozenset([torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
+                         torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default])
+
+
+class ProductTimer(TorchDispatchMode):
+    """Inside ``with ProductTimer(sync) as timer:``, every matrix product torch runs (convolution forward and
+    backward, mm, addmm, bmm; autograd's backward included) runs as usual and is timed: ``timer.ops`` lists
+    ``(op, seconds)`` in call order, ``timer.seconds`` is their sum. Everything else runs untimed."""
+
+    def __init__(self, sync: Callable[[], None] = lambda: None):
+        super().__init__()
+        self.sync = sync
+        self.ops: List[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in PRODUCT_OPS:
+            return func(*args, **kwargs)
+        self.sync()
+        start = time.perf_counter()
+        out = func(*args, **kwargs)
+        self.sync()
+        self.ops.append((str(func), time.perf_counter() - start))
+        return out
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, seconds in self.ops)
 
 
 # ---- machine limits and model cost ------------------------------------------------------------------
@@ -375,10 +427,12 @@ if __name__ == '__main__':
 
 # ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------
 def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: List[bool], fused: List[bool],
-           batch: int, res: int, device: str = 'cpu', malloc_rows: bool = True) -> List[Config]:
+           batch: int, res: int, device: str = 'cpu', malloc_rows: bool = True,
+           floor_rows: bool = True) -> List[Config]:
     """Baseline first, then every fast-path combination, per model and mode (fused: inference only).
     ``malloc_rows``: also the baseline with kept freed memory and the fp32 eager fast path with glibc's
-    default malloc, so the allocator's share of each speed-up is visible."""
+    default malloc, so the allocator's share of each speed-up is visible. ``floor_rows``: last, per dtype,
+    the fast path's matrix products alone (path ``floor``)."""
     configs = []
     for model in models:
         for mode in modes:
@@ -391,6 +445,9 @@ def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: Lis
                 for comp in compiled:
                     for fuse in (fused if mode == 'infer' else [False]):
                         configs.append(Config(dtype=dtype, compiled=comp, fused=fuse, **common))
+            if floor_rows:
+                configs += [Config(path='floor', dtype=dtype, fused=mode == 'infer' and True in fused, **common)
+                            for dtype in dtypes]
     return configs
 
 
@@ -436,8 +493,8 @@ def markdown_table(results: List[Dict]) -> str:
         if 'error' in r:
             rows.append(f"{lead} failed: {r['error'][:80]} | | | | | |")
             continue
-        rows.append(f"{lead} {r['images_per_s']:.2f} | {r['x_baseline']:.2f} | {r['tensor_mib']:.0f} | "
-                    f"{r['rss_mib']:.0f} | "
+        mib = ['-' if r[k] != r[k] else f'{r[k]:.0f}' for k in ('tensor_mib', 'rss_mib')]  # NaN: not measured
+        rows.append(f"{lead} {r['images_per_s']:.2f} | {r['x_baseline']:.2f} | {mib[0]} | {mib[1]} | "
                     f"{r['gflops']:.1f} | {r['pct_peak']:.0f} |")
     return '\n'.join([head] + rows)
 

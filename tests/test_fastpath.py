@@ -11,7 +11,7 @@ from torch.profiler import profile
 
 from conftest import ROOT
 from src import convmlp_s
-from src.bench import ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
+from src.bench import ProductTimer, ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
 from src.convmlp import ConvMLP, channel_linear
 from src.fuse import fuse_model
 
@@ -250,6 +250,33 @@ def test_training_flops_are_forward_plus_two_gradients():
     assert step_flops('convmlp_s', 64, 'train') == pytest.approx(3 * forward - first_conv, rel=1e-3)
 
 
+def test_product_timer_times_every_product_of_a_training_step_and_changes_nothing():
+    """The floor rows rest on this: every convolution (forward and backward) and matrix multiply of a step is
+    seen and timed, nothing else is, and the step computes what it computes without the timer."""
+    torch.manual_seed(0)
+    model = tiny().to(memory_format=torch.channels_last).train()
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # drop path
+        model(x).logsumexp(1).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients()
+    with ProductTimer() as timer:
+        timed = gradients()
+    assert all(torch.equal(a, b) for a, b in zip(plain, timed))
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    mlp_linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1  # eager CPU: as 1x1 convs
+    names = [name for name, _ in timer.ops]
+    assert names.count('aten.convolution.default') == convs + mlp_linears
+    assert names.count('aten.convolution_backward.default') == convs + mlp_linears
+    assert names.count('aten.addmm.default') == 1 and names.count('aten.mm.default') == 2  # head, its grads
+    assert len(names) == 2 * (convs + mlp_linears) + 3
+    assert timer.seconds > 0 and all(seconds > 0 for _, seconds in timer.ops)
+
+
 def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
            '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '2',
@@ -259,13 +286,18 @@ def test_benchmark_tool_smoke(tmp_path):
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     labels = [r['label'] for r in report['rows']]
     assert labels == ['baseline (release)', 'baseline (release) + keep malloc', 'fp32 eager fused system malloc',
-                      'fp32 eager fused']
+                      'fp32 eager fused', 'fp32 fused matrix products alone (floor)']
     assert report['rows'][0]['x_baseline'] == 1.0
-    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True]
+    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True, True]
+    *steps, floor = report['rows']
     assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['tensor_mib'] > 0 and r['rss_mib'] == r['rss_mib']
-               for r in report['rows'])
+               for r in steps)
+    assert floor['images_per_s'] > 0 and floor['gflops'] > 0
+    assert floor['products_per_step'] == 52 + 1  # S: 20 convs, 32 channel-MLP linears (1x1 convs), head
     assert report['matmul_peak_gflops']['fp32'] > 0
-    assert '| convmlp_s | infer | fp32 eager fused | 1 | 32 |' in (tmp_path / 'benchmark.md').read_text()
+    table = (tmp_path / 'benchmark.md').read_text()
+    assert '| convmlp_s | infer | fp32 eager fused | 1 | 32 |' in table
+    assert '| convmlp_s | infer | fp32 fused matrix products alone (floor) | 1 | 32 |' in table
 
 
 def test_benchmark_tool_rejects_bad_flags():

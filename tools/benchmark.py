@@ -9,6 +9,8 @@ forward with glibc's default malloc) of the same model/step/batch/resolution, pe
 resident set size (methods: src/bench.py docstring), achieved GFLOP/s and its share of the machine's
 measured matmul peak in the row's dtype. On CPU two more rows per step separate the allocator's share
 (src/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default.
+The "matrix products alone (floor)" rows count only the time the fast path's step spends in convolutions
+and matrix multiplies: their ratio to the baseline is the most that faster elementwise work could reach.
 Writes OUT/benchmark.{md,json,png}: the table, everything measured, and the plot of throughput and memory
 against resolution and batch size.
 """
@@ -39,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--fuse', default='both', choices=sorted(BOTH), help='BatchNorm-folded inference rows')
     p.add_argument('--malloc-rows', action=argparse.BooleanOptionalAction, default=True,
                    help='CPU: rows that swap the malloc setting of the baseline and of the fp32 fast path')
+    p.add_argument('--floor-rows', action=argparse.BooleanOptionalAction, default=True,
+                   help="rows with the time of the fast path's matrix products alone (timed inside its step): "
+                        'the most any change to the non-product work could give')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--res', type=int, default=224)
     p.add_argument('--threads', type=int, default=2)
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
     log('matmul peak GFLOP/s: ' + ', '.join(f'{d} {v:.0f}' for d, v in peaks.items()))
 
     configs = bench.matrix(models, args.modes, args.dtypes, BOTH[args.compile], BOTH[args.fuse],
-                           args.batch, args.res, args.device, args.malloc_rows and args.device == 'cpu')
+                           args.batch, args.res, args.device, args.malloc_rows and args.device == 'cpu',
+                           args.floor_rows)
     if args.ckpt_batch and 'train' in args.modes:
         configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
     main_rows = run_all(configs, args)

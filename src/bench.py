@@ -493,9 +493,9 @@ def markdown_table(results: List[Dict]) -> str:
         if 'error' in r:
             rows.append(f"{lead} failed: {r['error'][:80]} | | | | | |")
             continue
-        mib = ['-' if r[k] != r[k] else f'{r[k]:.0f}' for k in ('tensor_mib', 'rss_mib')]  # NaN: not measured
-        rows.append(f"{lead} {r['images_per_s']:.2f} | {r['x_baseline']:.2f} | {mib[0]} | {mib[1]} | "
-                    f"{r['gflops']:.1f} | {r['pct_peak']:.0f} |")
+        cells = ['-' if r[k] != r[k] else f'{r[k]:.{digits}f}'  # NaN: not measured / no baseline row
+                 for k, digits in (('x_baseline', 2), ('tensor_mib', 0), ('rss_mib', 0))]
+        rows.append(f"{lead} {r['images_per_s']:.2f} | {' | '.join(cells)} | {r['gflops']:.1f} | {r['pct_peak']:.0f} |")
     return '\n'.join([head] + rows)
 
 

@@ -88,7 +88,8 @@ def run_all(configs, args):
             if cfg not in best or 'error' in best[cfg] or ('error' not in r and
                                                             r['best_sec'] < best[cfg]['best_sec']):
                 best[cfg] = r
-            what = r['error'] if 'error' in r else f"{r['images_per_s']:.2f} img/s, {r['tensor_mib']:.0f} MiB tensors"
+            what = r['error'] if 'error' in r else f"{r['images_per_s']:.2f} img/s" + (
+                f", {r['tensor_mib']:.0f} MiB tensors" if r['tensor_mib'] == r['tensor_mib'] else '')
             log(f'[round {rnd}, {i}/{len(configs)}] {cfg.model} {cfg.mode} {cfg.label} b{cfg.batch} '
                 f'{cfg.res}px: {what} ({time.time() - t:.0f}s)')
     return [best[cfg] for cfg in configs]

@@ -230,8 +230,10 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
     _, step = _build(cfg)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cfg.path == 'floor':
+        t0 = time.perf_counter()
         for _ in range(max(warmup, 1)):
             step()
+        warmup_s = time.perf_counter() - t0
         timers = []
         for _ in range(iters):
             with ProductTimer(sync) as timer:
@@ -240,7 +242,7 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
         seconds = [t.seconds for t in timers]
         return dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=min(seconds),
                     mean_sec=sum(seconds) / len(seconds), images_per_s=cfg.batch / min(seconds),
-                    tensor_mib=float('nan'), rss_mib=float('nan'), malloc_kept=malloc_kept, warmup_s=0.,
+                    tensor_mib=float('nan'), rss_mib=float('nan'), malloc_kept=malloc_kept, warmup_s=warmup_s,
                     iters=iters, threads=threads, products_per_step=len(timers[0].ops))
     gc.collect()
     base = torch.cuda.memory_allocated() if cuda else _rss_kib('VmRSS')

@@ -229,11 +229,14 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
     cuda = cfg.device.startswith('cuda')
     _, step = _build(cfg)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    gc.collect()
+    base = torch.cuda.memory_allocated() if cuda else _rss_kib('VmRSS')
+    t0 = time.perf_counter()
+    for _ in range(max(warmup, 1) if cfg.path == 'floor' else warmup):  # the floor: never time a first call
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
     if cfg.path == 'floor':
-        t0 = time.perf_counter()
-        for _ in range(max(warmup, 1)):
-            step()
-        warmup_s = time.perf_counter() - t0
         timers = []
         for _ in range(iters):
             with ProductTimer(sync) as timer:
@@ -244,13 +247,6 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
                     mean_sec=sum(seconds) / len(seconds), images_per_s=cfg.batch / min(seconds),
                     tensor_mib=float('nan'), rss_mib=float('nan'), malloc_kept=malloc_kept, warmup_s=warmup_s,
                     iters=iters, threads=threads, products_per_step=len(timers[0].ops))
-    gc.collect()
-    base = torch.cuda.memory_allocated() if cuda else _rss_kib('VmRSS')
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    warmup_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     resettable = cuda or _reset_peak_rss()

@@ -6,6 +6,8 @@
 # NUM_PROC processes on this machine (one per GPU, or CPU processes with gloo). Several machines: run it on
 # each with NNODES, NODE_RANK (0..NNODES-1), MASTER_ADDR (node 0's address) and MASTER_PORT set alike.
 # Asking for more processes than GPUs (or CPU cores without a GPU) is refused unless
+# CONVMLP_ALLOW_OVERSUBSCRIBE=1. Each process gets cores / NUM_PROC threads; an OMP_NUM_THREADS that would
+# put more threads than cores on the node is replaced by that split (with a warning) unless
 # CONVMLP_ALLOW_OVERSUBSCRIBE=1.
 set -euo pipefail
 usage() {

@@ -5,7 +5,8 @@
 # with TASK/test.py; the remaining args go to the script. DATA_ROOT becomes the dataset root of every
 # dataloader and evaluator of the config. Multi-node: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
 # NUM_PROC is per node and may not exceed the node's GPUs (or CPU cores) unless
-# CONVMLP_ALLOW_OVERSUBSCRIBE=1.
+# CONVMLP_ALLOW_OVERSUBSCRIBE=1; nor may NUM_PROC x OMP_NUM_THREADS exceed the cores (the launcher then
+# uses cores / NUM_PROC threads per process, with a warning) unless CONVMLP_ALLOW_OVERSUBSCRIBE=1.
 set -euo pipefail
 
 TASK=${1:-}

@@ -2,7 +2,10 @@
 #   usage MESSAGE        (defined by the caller) prints its usage line and MESSAGE, exits 2
 #   check_num_proc N     N a positive integer, and no more than the node's GPUs (or CPU cores without a
 #                        GPU) unless CONVMLP_ALLOW_OVERSUBSCRIBE=1
-#   run_torchrun N SCRIPT ARGS...   torchrun over NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT
+#   run_torchrun N SCRIPT ARGS...   torchrun over NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT, each process
+#                        with OMP_NUM_THREADS threads: the node's cores / N (at least 1) unless set; a value set
+#                        that makes N x OMP_NUM_THREADS exceed the cores is replaced by that split, with a
+#                        warning, unless CONVMLP_ALLOW_OVERSUBSCRIBE=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 check_num_proc() {
@@ -30,9 +33,20 @@ run_torchrun() {
     (( NODE_RANK < NNODES )) || usage "NODE_RANK ($NODE_RANK) must be below NNODES ($NNODES)"
     local python=${PYTHON:-$ROOT/.venv/bin/python}
     [[ -x "$python" ]] || python=python
-    local cores
+    local cores fit
     cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / num_proc > 0 ? cores / num_proc : 1 ))}
+    fit=$(( cores / num_proc > 0 ? cores / num_proc : 1 ))
+    if [[ -n "${OMP_NUM_THREADS:-}" ]] && ! [[ "$OMP_NUM_THREADS" =~ ^[1-9][0-9]*$ ]]; then
+        usage "OMP_NUM_THREADS must be a positive whole number, got '$OMP_NUM_THREADS' (or unset it)"
+    fi
+    if [[ -n "${OMP_NUM_THREADS:-}" ]] && (( num_proc * OMP_NUM_THREADS > cores )) && (( OMP_NUM_THREADS > fit )) \
+        && [[ "${CONVMLP_ALLOW_OVERSUBSCRIBE:-0}" != 1 ]]; then
+        echo "warning: $num_proc process(es) x OMP_NUM_THREADS=$OMP_NUM_THREADS threads oversubscribe this node's" \
+             "$cores cores (steps can run 10x slower): using OMP_NUM_THREADS=$fit; set" \
+             "CONVMLP_ALLOW_OVERSUBSCRIBE=1 to keep $OMP_NUM_THREADS" >&2
+        OMP_NUM_THREADS=$fit
+    fi
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$fit}
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     exec "$python" -m torch.distributed.run \
         --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$num_proc" \

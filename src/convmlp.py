@@ -20,6 +20,7 @@ import contextlib
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
@@ -29,10 +30,12 @@ __all__ = ['ConvMLP', 'convmlp_s', 'convmlp_m', 'convmlp_l', 'MIN_INPUT_SIZE']
 MIN_INPUT_SIZE = 32
 
 
-def _check_input(x: torch.Tensor, dtype: torch.dtype) -> None:
-    """Raise ValueError unless ``x`` is a (B, 3, H>=32, W>=32) floating batch the model can take."""
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f'ConvMLP expects a 4-D image batch (B, 3, H, W); got shape {tuple(x.shape)}')
+def _check_input(x: torch.Tensor, in_chans: int, dtype: torch.dtype) -> None:
+    """Raise ValueError unless ``x`` is a (B, in_chans, H>=32, W>=32) floating batch the model can take.
+
+    A leaf for ``torch.fx`` (wrapped below): a traced graph calls it on the real input, as eager does."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'ConvMLP expects a 4-D image batch (B, {in_chans}, H, W); got shape {tuple(x.shape)}')
     if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
         raise ValueError(f'ConvMLP expects H and W >= {MIN_INPUT_SIZE} px; got {x.shape[2]}x{x.shape[3]}: '
                          f'resize or pad the input')
@@ -42,12 +45,17 @@ def _check_input(x: torch.Tensor, dtype: torch.dtype) -> None:
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero whole samples of a residual branch with prob ``drop_prob``, rescale the rest."""
+    """Stochastic depth: zero whole samples of a residual branch with prob ``drop_prob``, rescale the rest.
+    A leaf for ``torch.fx`` (wrapped below), so a graph traced in training mode draws its masks per call."""
     if drop_prob == 0. or not training:
         return x
     keep = 1. - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
     return x * mask.div_(keep)
+
+
+torch.fx.wrap('_check_input')
+torch.fx.wrap('drop_path')
 
 
 class DropPath(nn.Module):
@@ -81,10 +89,11 @@ def batchnorm_stats_frozen(module: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(count)
 
 
-def checkpointed(module: nn.Module, x: torch.Tensor, enabled: bool = True) -> torch.Tensor:
-    """``module(x)``; when ``enabled`` and autograd records, only ``x`` is kept for backward and the
-    activations inside are recomputed there (BatchNorm running statistics still update once)."""
-    if not (enabled and torch.is_grad_enabled()):
+def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``; when autograd records, only ``x`` is kept for backward and the activations inside
+    are recomputed there (BatchNorm running statistics still update once). Callers reach it only when
+    their ``grad_checkpointing`` is on and they are not being scripted (TorchScript cannot take it)."""
+    if not torch.is_grad_enabled():
         return module(x)
     if torch.compiler.is_compiling():  # the compiled graph recomputes pure ops only: buffers update once
         return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
@@ -100,21 +109,29 @@ def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -
 
 
 class ConvTokenizer(nn.Module):
-    """Three 3x3 conv-BN-ReLU and a 3x3/2 max-pool: (B, 3, H, W) -> (B, C, H/4, W/4)."""
+    """Three 3x3 conv-BN-ReLU and a 3x3/2 max-pool: (B, in_chans, H, W) -> (B, C, H/4, W/4)."""
 
-    def __init__(self, embed_dim: int = 64):
+    def __init__(self, in_chans: int = 3, embed_dim: int = 64):
         super().__init__()
         self.block = nn.Sequential(
-            *conv_bn_relu(3, embed_dim // 2, 3, stride=2),
+            *conv_bn_relu(in_chans, embed_dim // 2, 3, stride=2),
             *conv_bn_relu(embed_dim // 2, embed_dim // 2, 3),
             *conv_bn_relu(embed_dim // 2, embed_dim, 3),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
         self.grad_checkpointing = False
 
+    __jit_unused_properties__ = ['first_conv']
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return self.block[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or not self.grad_checkpointing:
+            return self.block(x)
         for start, stop in ((0, 3), (3, 6), (6, 10)):  # checkpoint units: conv-BN-ReLU (the last + pool)
-            x = checkpointed(self.block[start:stop], x, self.grad_checkpointing)
+            x = checkpointed(self.block[start:stop], x)
         return x
 
 
@@ -135,7 +152,10 @@ class ConvStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.conv_blocks:
-            x = x + checkpointed(block, x, self.grad_checkpointing)
+            if not torch.jit.is_scripting() and self.grad_checkpointing:
+                x = x + checkpointed(block, x)
+            else:
+                x = x + block(x)
         return self.downsample(x)
 
 
@@ -149,17 +169,20 @@ def nhwc_view(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def channel_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` over the last dim of a channels-last map: (B, H, W, C) -> (B, H, W, C').
+def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` over the last dim of a channels-last map: (B, H, W, C) -> (B, H, W, C').
 
     Eager on CPU this runs as a 1x1 convolution over the NCHW view (same weights, viewed (C', C, 1, 1); no
     copy): oneDNN's convolution kernels do these matrix products 10-30% faster than the BLAS matmul behind
     ``F.linear`` (fp32, ConvMLP-S's stages 0 and 1, forward and backward). Elsewhere, and under
-    ``torch.compile`` (whose frozen inference graphs pack linears into oneDNN's own), it is ``linear(x)``."""
+    ``torch.compile`` (whose frozen inference graphs pack linears into oneDNN's own), it is ``F.linear``.
+    A leaf for ``torch.fx`` (wrapped below): the choice is made on the real input when the graph runs."""
     if x.device.type != 'cpu' or x.dim() != 4 or torch.compiler.is_compiling():
-        return linear(x)
-    weight = linear.weight
-    return nhwc_view(F.conv2d(nchw_view(x), weight.view(*weight.shape, 1, 1), linear.bias))
+        return F.linear(x, weight, bias)
+    return nhwc_view(F.conv2d(nchw_view(x), weight.view(weight.shape[0], weight.shape[1], 1, 1), bias))
+
+
+torch.fx.wrap('channel_linear')
 
 
 class Mlp(nn.Module):
@@ -172,7 +195,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_linear(self.fc2, self.act(channel_linear(self.fc1, x)))
+        x = self.act(channel_linear(x, self.fc1.weight, self.fc1.bias))
+        return channel_linear(x, self.fc2.weight, self.fc2.bias)
 
 
 class ConvMLPBlock(nn.Module):
@@ -220,16 +244,21 @@ class ConvMLPStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = checkpointed(block, x, self.grad_checkpointing)
+            x = checkpointed(block, x) if not torch.jit.is_scripting() and self.grad_checkpointing else block(x)
         return self.downsample_mlp(x)
 
 
 class ConvMLP(nn.Module):
     """ConvMLP classifier / dense-prediction backbone.
 
-    ``forward(x)`` with ``x`` of shape (B, 3, H, W), H and W >= 32 (any values, not only multiples of 32):
+    ``forward(x)`` with ``x`` of shape (B, in_chans, H, W), H and W >= 32 (any values, not only multiples
+    of 32):
       * ``classifier_head=True``: logits (B, num_classes); (B, dims[-1]) pooled features if num_classes=0.
-      * ``classifier_head=False``: the four dense-prediction maps of :meth:`forward_dense`.
+      * ``classifier_head=False``: as the release, the last stage's map channels-last, (B, H/32, W/32,
+        dims[-1]), without norm; the four dense-prediction maps come from :meth:`forward_dense`.
+
+    ``drop_rate`` is dropout before the classifier, ``drop_path_rate`` stochastic depth per stage (timm's
+    names); ``in_chans`` the input channels (pretrained 3-channel weights are adapted on load).
     """
 
     def __init__(
@@ -241,38 +270,38 @@ class ConvMLP(nn.Module):
             n_conv_blocks: int = 3,
             num_classes: int = 1000,
             classifier_head: bool = True,
+            drop_rate: float = 0.,
             drop_path_rate: float = 0.1,
             in_chans: int = 3,
             global_pool: str = 'avg',
     ):
         super().__init__()
-        if in_chans != 3:
-            raise ValueError(f'ConvMLP takes RGB input (in_chans=3); got in_chans={in_chans}')
+        if in_chans < 1:
+            raise ValueError(f'ConvMLP needs at least one input channel; got in_chans={in_chans}')
         if global_pool not in ('avg', ''):
             raise ValueError(f"ConvMLP supports global_pool 'avg' or '' (none); got {global_pool!r}")
         if not len(blocks) == len(dims) == len(mlp_ratios):
             raise ValueError(f'blocks, dims and mlp_ratios need one entry per stage; got '
                              f'{len(blocks)}, {len(dims)}, {len(mlp_ratios)}')
         self.dims = tuple(dims)
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.classifier_head = classifier_head
         self.global_pool = global_pool
+        self.drop_rate = drop_rate
         self.drop_path_rate = drop_path_rate
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.tokenizer = ConvTokenizer(embed_dim=channels)
+        self.tokenizer = ConvTokenizer(in_chans, embed_dim=channels)
         self.conv_stages = ConvStage(n_conv_blocks, embed_dim_in=channels, hidden_dim=dims[0],
                                      embed_dim_out=dims[0])
         self.stages = nn.ModuleList([
             ConvMLPStage(blocks[i], dims[i], dims[i + 1] if i + 1 < len(dims) else None, mlp_ratios[i],
                          drop_path_rate)
             for i in range(len(blocks))])
-        if classifier_head:
-            self.norm = nn.LayerNorm(dims[-1])
-            self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        else:
-            self.norm = nn.Identity()
-            self.head = nn.Identity()
+        self.norm = nn.LayerNorm(dims[-1]) if classifier_head else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if classifier_head and num_classes > 0 else nn.Identity()
         # (name, channels, stride) of the maps forward_dense returns, as timm's feature_info
         self.feature_info = [
             dict(module='tokenizer', num_chs=channels, reduction=4),
@@ -330,13 +359,14 @@ class ConvMLP(nn.Module):
         self.head.apply(self._init_weights)
 
     def _stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        _check_input(x, self.tokenizer.block[0].weight.dtype)
+        if not torch.jit.is_scripting():
+            _check_input(x, self.in_chans, self.tokenizer.first_conv.weight.dtype)
         # channels-last from the first conv on: the MLP stages then take NHWC views without a copy
         tokens = self.tokenizer(x.contiguous(memory_format=torch.channels_last))
         return tokens, self.conv_stages(tokens)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> normed last-stage map (B, dims[-1], H/32, W/32), e.g. 7x7 at 224."""
+        """(B, in_chans, H, W) -> normed last-stage map (B, dims[-1], H/32, W/32), e.g. 7x7 at 224."""
         _, x = self._stem(x)
         x = nhwc_view(x)
         for stage in self.stages:
@@ -344,13 +374,15 @@ class ConvMLP(nn.Module):
         return nchw_view(self.norm(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, C, h, w) map from forward_features -> logits (B, num_classes), or pooled (B, C)."""
+        """(B, C, h, w) map from forward_features -> logits (B, num_classes), or pooled (B, C) (after the
+        dropout, as timm)."""
         if self.global_pool == 'avg':
             x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward_dense(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """(B, 3, H, W) -> four NCHW maps at strides 4, 8, 16, 32 with channels
+        """(B, in_chans, H, W) -> four NCHW maps at strides 4, 8, 16, 32 with channels
         (C, dims[0], dims[1], dims[2]): tokenizer, conv stage, stage 0 after its downsample, last stage."""
         tokens, x = self._stem(x)
         outs = [tokens, x]
@@ -393,9 +425,9 @@ class ConvMLP(nn.Module):
             self.reset_classifier(0, '')
         return take
 
-    def forward(self, x: torch.Tensor):
-        if not self.classifier_head:
-            return self.forward_dense(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.classifier_head:  # the release's headless output: the last map, channels-last, no norm
+            return nhwc_view(self.forward_features(x))
         return self.forward_head(self.forward_features(x))
 
 

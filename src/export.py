@@ -7,8 +7,9 @@
   ``ConvMLP.forward`` are Python-side and are not part of the traced graph). The check reloads the
   serialised module and runs it.
 
-The model is exported as it is: with its classifier head it returns logits (B, num_classes), built with
-``classifier_head=False`` the four feature maps (strides 4, 8, 16, 32). Fuse BatchNorm first
+With its classifier head the model is exported as it is and returns logits (B, num_classes); built with
+``classifier_head=False``, its :meth:`~src.convmlp.ConvMLP.forward_dense` is exported: the four feature
+maps (strides 4, 8, 16, 32). Fuse BatchNorm first
 (``model.fuse()``) for an inference-only graph with fewer ops.
 """
 from __future__ import annotations
@@ -26,6 +27,23 @@ __all__ = ['output_names', 'onnx_bytes', 'onnx_max_diff', 'torchscript_bytes', '
 
 OPSET = 17
 INPUT_NAME = 'image'
+
+
+class DenseMaps(nn.Module):
+    """A headless ConvMLP with :meth:`~src.convmlp.ConvMLP.forward_dense` as its forward:
+    (B, 3, H, W) -> four NCHW maps, for the exporters (its plain forward returns the last map only)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.model.forward_dense(x)
+
+
+def _exported(model: nn.Module) -> nn.Module:
+    """What the exporters trace: the model itself, or :class:`DenseMaps` of a headless one."""
+    return model if getattr(model, 'classifier_head', True) else DenseMaps(model)
 
 
 def output_names(model: nn.Module) -> List[str]:
@@ -64,7 +82,7 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> b
                     for n in names})
     buf = io.BytesIO()
     with _quiet_tracing():
-        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(_exported(model).eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic,
                           do_constant_folding=True)
     return buf.getvalue()
@@ -78,14 +96,14 @@ def onnx_max_diff(onnx_model: bytes, model: nn.Module, inputs: Sequence[torch.Te
     session = ort.InferenceSession(onnx_model, providers=['CPUExecutionProvider'])
     model.eval()
     return {tuple(x.shape): _max_diff(session.run(None, {INPUT_NAME: x.numpy()}),
-                                      [t.numpy() for t in _as_list(model(x))]) for x in inputs}
+                                      [t.numpy() for t in _as_list(_exported(model)(x))]) for x in inputs}
 
 
 @torch.no_grad()
 def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """The serialised TorchScript module (``torch.jit.trace`` of ``model`` in eval mode on ``example``)."""
     with _quiet_tracing():
-        traced = torch.jit.trace(model.eval(), example, strict=getattr(model, 'classifier_head', True))
+        traced = torch.jit.trace(_exported(model).eval(), example, strict=getattr(model, 'classifier_head', True))
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
     return buf.getvalue()
@@ -98,4 +116,4 @@ def torchscript_max_diff(scripted: bytes, model: nn.Module, inputs: Sequence[tor
         loaded = torch.jit.load(io.BytesIO(scripted), map_location='cpu').eval()
     model.eval()
     return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
-                                      [t.numpy() for t in _as_list(model(x))]) for x in inputs}
+                                      [t.numpy() for t in _as_list(_exported(model)(x))]) for x in inputs}

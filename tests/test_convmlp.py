@@ -72,7 +72,7 @@ def test_output_and_feature_shapes(small_models, hw):
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         assert clf(x).shape == (2, 1000)
-        feats = backbone(x)
+        feats = backbone.forward_dense(x)
         last = clf.forward_features(x)
     h, w = hw
     expect = []
@@ -84,7 +84,7 @@ def test_output_and_feature_shapes(small_models, hw):
 
 
 def test_large_variant_feature_channels():
-    feats = convmlp_l(classifier_head=False).eval()(torch.randn(1, 3, 64, 96))
+    feats = convmlp_l(classifier_head=False).eval().forward_dense(torch.randn(1, 3, 64, 96))
     assert [f.shape[1] for f in feats] == [96, 192, 384, 768]
 
 
@@ -136,7 +136,7 @@ def test_forward_intermediates_match_dense():
         dense = convmlp_s(classifier_head=False)
         dense.load_state_dict(model.state_dict(), strict=False)
         final, inter = model.forward_intermediates(x, indices=[0, -1])
-        ref = dense.eval()(x)
+        ref = dense.eval().forward_dense(x)
     assert torch.equal(inter[0], ref[0]) and torch.equal(inter[1], ref[3])
     assert torch.allclose(final, model.forward_features(x))
 

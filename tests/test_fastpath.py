@@ -58,7 +58,7 @@ def test_fused_dense_features_match():
     fused = fuse_model(backbone)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        for ref, out in zip(backbone(x), fused.forward_dense(x)):
+        for ref, out in zip(backbone.forward_dense(x), fused.forward_dense(x)):
             assert ref.shape == out.shape and (out - ref).abs().max() < 1e-4
 
 

@@ -232,7 +232,10 @@ class ConvDownsample(nn.Module):
 
 
 class ConvMLPStage(nn.Module):
-    """``num_blocks`` ConvMLP blocks, then an optional downsample: (B, H, W, C) -> (B, H', W', C')."""
+    """``num_blocks`` ConvMLP blocks, then an optional downsample: (B, C, H, W) -> (B, C', H', W').
+
+    NCHW in and out (so module outputs are feature maps for hooks and fx extraction); the blocks and the
+    downsample run on the channels-last view of the same memory."""
 
     def __init__(self, num_blocks: int, dim: int, dim_out: Optional[int], mlp_ratio: float,
                  drop_path_rate: float):
@@ -243,9 +246,10 @@ class ConvMLPStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nhwc_view(x)
         for block in self.blocks:
             x = checkpointed(block, x) if not torch.jit.is_scripting() and self.grad_checkpointing else block(x)
-        return self.downsample_mlp(x)
+        return nchw_view(self.downsample_mlp(x))
 
 
 class ConvMLP(nn.Module):
@@ -368,10 +372,9 @@ class ConvMLP(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> normed last-stage map (B, dims[-1], H/32, W/32), e.g. 7x7 at 224."""
         _, x = self._stem(x)
-        x = nhwc_view(x)
         for stage in self.stages:
             x = stage(x)
-        return nchw_view(self.norm(x))
+        return nchw_view(self.norm(nhwc_view(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C, h, w) map from forward_features -> logits (B, num_classes), or pooled (B, C) (after the
@@ -381,17 +384,17 @@ class ConvMLP(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
+    @torch.jit.export
     def forward_dense(self, x: torch.Tensor) -> List[torch.Tensor]:
         """(B, in_chans, H, W) -> four NCHW maps at strides 4, 8, 16, 32 with channels
         (C, dims[0], dims[1], dims[2]): tokenizer, conv stage, stage 0 after its downsample, last stage."""
         tokens, x = self._stem(x)
         outs = [tokens, x]
-        x = nhwc_view(x)
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i == 0:
-                outs.append(nchw_view(x))
-        outs.append(nchw_view(x))
+                outs.append(x)
+        outs.append(x)
         return outs
 
     def forward_intermediates(

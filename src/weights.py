@@ -27,8 +27,9 @@ from torch import nn
 from . import zoo
 from .atomic import atomic_write
 
-__all__ = ['CheckpointError', 'cache_path', 'download', 'load_checkpoint_file', 'load_state_dict',
-           'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict', 'state_dict_mismatch']
+__all__ = ['CheckpointError', 'cache_path', 'download', 'fetch', 'load_checkpoint_file', 'load_state_dict',
+           'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict', 'adapt_input_channels',
+           'state_dict_mismatch']
 
 WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module')
 
@@ -212,11 +213,28 @@ def state_dict_mismatch(own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor
             f'{len(wrong)} of other shape {wrong[:3]}')
 
 
+def adapt_input_channels(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Fit the first conv of an RGB checkpoint to a model built with another ``in_chans`` (grayscale,
+    multispectral) with timm's own ``adapt_input_conv`` (summed for 1 channel, tiled and rescaled for more);
+    unchanged when the channel counts agree. timm's ``create_model`` does the same itself."""
+    first_conv = getattr(getattr(model, 'tokenizer', None), 'first_conv', None)
+    if first_conv is None:
+        return state_dict
+    key = next(name for name, m in model.named_modules() if m is first_conv) + '.weight'
+    weight = state_dict.get(key)
+    if weight is None or weight.shape[1] == first_conv.in_channels:
+        return state_dict
+    from timm.models import adapt_input_conv  # only for a model whose input channels differ
+    return {**state_dict, key: adapt_input_conv(first_conv.in_channels, weight)}
+
+
 def load_pretrained(model: nn.Module, source: Union[str, Path], progress: bool = False,
                     use_ema: bool = False) -> None:
     """Load a checkpoint into a ConvMLP: every key must match, except a head dropped by
-    :func:`adapt_state_dict`."""
-    sd = adapt_state_dict(model, load_state_dict(source, progress=progress, use_ema=use_ema))
+    :func:`adapt_state_dict`; a 3-channel first conv is fitted to the model's ``in_chans`` by
+    :func:`adapt_input_channels`."""
+    sd = adapt_input_channels(model, adapt_state_dict(model, load_state_dict(source, progress=progress,
+                                                                             use_ema=use_ema)))
     own = model.state_dict()
     problem = state_dict_mismatch(own, sd, optional=('head.',))
     if problem:

@@ -77,7 +77,7 @@ def test_channel_linear_as_1x1_conv_matches_linear(layout):
     x = {'nhwc': torch.randn(2, 5, 7, 16), 'one pixel': torch.randn(1, 1, 1, 16),
          'nchw memory': torch.randn(2, 16, 5, 7).permute(0, 2, 3, 1)}[layout].requires_grad_()
     grad = torch.randn(*x.shape[:3], 24)
-    y = channel_linear(linear, x)
+    y = channel_linear(x, linear.weight, linear.bias)
     (dx, dw, db) = torch.autograd.grad(y, (x, linear.weight, linear.bias), grad)
     y_ref = linear(x)
     (dx_ref, dw_ref, db_ref) = torch.autograd.grad(y_ref, (x, linear.weight, linear.bias), grad)
@@ -85,7 +85,7 @@ def test_channel_linear_as_1x1_conv_matches_linear(layout):
     for got, ref in ((dx, dx_ref), (dw, dw_ref), (db, db_ref)):
         assert torch.allclose(got, ref, atol=1e-4)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        y16 = channel_linear(linear, x)
+        y16 = channel_linear(x, linear.weight, linear.bias)
     assert y16.dtype == torch.bfloat16 and torch.allclose(y16.float(), y_ref, atol=0.05)
 
 

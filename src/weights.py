@@ -5,7 +5,9 @@
 * Downloads go to the torch hub cache (``$TORCH_HOME/hub/checkpoints``) through a temporary file that is
   checked (length, optional SHA-256, loadable) before it is renamed into place: a broken download never
   leaves a file in the cache.
-* Every file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+* ``.pth``/``.pth.tar`` files are read with ``torch.load(weights_only=True)`` (a pickle that would run code is
+  refused), ``.safetensors`` files (recognised by their header, whatever their name) with the
+  ``safetensors`` package.
 * Checkpoint wrappers (``state_dict``, ``model``, ``state_dict_ema``, ``module.`` prefixes) are unwrapped.
 """
 from __future__ import annotations
@@ -117,10 +119,13 @@ def _sha256(path: Union[str, Path]) -> str:
 
 
 def load_checkpoint_file(path: Union[str, Path]) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU, with errors that say what was wrong with the file."""
+    """The dict in a checkpoint file, on CPU: ``torch.load(path, weights_only=True)``, or the tensors of a
+    safetensors file; errors say what was wrong with the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path}')
+    if _is_safetensors(path):
+        return _load_safetensors(path)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - every load failure becomes one clear message
@@ -135,6 +140,27 @@ def load_checkpoint_file(path: Union[str, Path]) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f'checkpoint {path} holds a {type(obj).__name__}, not a state dict')
     return obj
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A ``.safetensors`` name, or a safetensors header (8-byte length, then ``{``; torch files start with a
+    zip or pickle header): downloads are checked under a temporary name."""
+    if path.suffix == '.safetensors':
+        return True
+    with open(path, 'rb') as f:
+        return f.read(9)[8:] == b'{'
+
+
+def _load_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f'{path} is a safetensors file: pip install safetensors to read it') from None
+    try:
+        return load_file(str(path), device='cpu')
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends: one clear message
+        raise CheckpointError(f'cannot read checkpoint {path} ({path.stat().st_size} bytes): truncated or not '
+                              f'a safetensors file ({_first_line(e)})') from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -164,22 +190,27 @@ def unwrap_state_dict(obj: dict, use_ema: bool = False) -> Dict[str, torch.Tenso
     return sd
 
 
-def load_state_dict(source: Union[str, Path], progress: bool = False, use_ema: bool = False,
-                    sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """State dict from a zoo name, a URL or a local path (see module docstring)."""
+def fetch(source: Union[str, Path], progress: bool = False, sha256: Optional[str] = None) -> Path:
+    """Local file of a checkpoint given as a zoo name, a URL (downloaded once, see :func:`download`) or a
+    path. Raises :class:`CheckpointError` for a missing file, ``KeyError`` (closest name) for an unknown name."""
     source = str(source)
     if not _is_url(source) and not os.path.exists(source):
         if source in zoo.weight_names():
             sha256 = sha256 or zoo.SHA256.get(source)
             source = zoo.weight_url(source)
-        elif os.sep in source or source.endswith(('.pth', '.pt', '.tar', '.bin')):
+        elif os.sep in source or source.endswith(('.pth', '.pt', '.tar', '.bin', '.safetensors')):
             raise CheckpointError(f'checkpoint not found: {source}')
         else:
             zoo.weight_url(source)  # raises KeyError with the closest known name
     if source.startswith('file://'):
         source = urllib.request.url2pathname(urllib.parse.urlparse(source).path)
-    path = download(source, progress=progress, sha256=sha256) if _is_url(source) else source
-    return unwrap_state_dict(load_checkpoint_file(path), use_ema=use_ema)
+    return download(source, progress=progress, sha256=sha256) if _is_url(source) else Path(source)
+
+
+def load_state_dict(source: Union[str, Path], progress: bool = False, use_ema: bool = False,
+                    sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """State dict from a zoo name, a URL or a local path (see module docstring)."""
+    return unwrap_state_dict(load_checkpoint_file(fetch(source, progress, sha256)), use_ema=use_ema)
 
 
 def adapt_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

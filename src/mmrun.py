@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from . import precision
 from .malloc import keep_freed_memory
 from .weights import CheckpointError, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict
 
@@ -197,14 +198,20 @@ def prepare_config(args, task: str, mode: str):
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config))[0])
     cuda = torch.cuda.is_available()
-    if args.amp:
-        if not cuda:
-            raise UsageError('--amp needs a CUDA GPU (mixed precision on CPU is not supported); drop --amp')
-        if mode == 'train':
+    if args.amp:  # CUDA: fp16 with loss scaling; CPU: bf16 where native (src/precision.py), else fp32
+        try:
+            amp = cuda or precision.amp_dtype('cpu') is not None
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if amp and mode == 'test':
+            cfg.test_cfg.fp16 = True  # mmengine's test loop autocasts: fp16 on CUDA, bf16 on CPU
+        elif amp and cuda:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
-        else:
-            cfg.test_cfg.fp16 = True
+        elif amp:
+            from . import mmamp  # noqa: F401  registers CPUAutocastOptimWrapper (AmpOptimWrapper needs a GPU)
+            cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
+            cfg.optim_wrapper.dtype = 'bfloat16'
     if mode == 'train':
         if args.auto_scale_lr:
             if not cfg.get('auto_scale_lr', {}).get('base_batch_size'):
@@ -263,7 +270,8 @@ def parse_args(task: str, mode: str, argv=None):
                        help='resume from this checkpoint, or without a value from the latest in --work-dir')
         p.add_argument('--auto-scale-lr', action='store_true',
                        help="scale lr linearly from the config's base batch size to the actual one")
-    p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
+    p.add_argument('--amp', action='store_true', help='mixed precision: fp16 on CUDA; bf16 on a CPU that computes '
+                   'it natively (AVX512-BF16, AMX), fp32 with a warning on others')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config entries, key=value (e.g. train_dataloader.batch_size=4)')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',

@@ -1,7 +1,8 @@
 """Command line of ``classification.py`` (timm train.py conventions) and YAML config files.
 
 ``-c FILE.yml`` sets defaults: every key must be an option's name (``batch_size`` or ``batch-size``);
-options given on the command line win. ``_base_: other.yml`` (or a list) loads other files first, as in
+options given on the command line win, and every switch a config can turn on has its ``--no-...`` (``--aug``
+for ``no_aug``) to turn it off again. ``_base_: other.yml`` (or a list) loads other files first, as in
 OpenMMLab configs. Anything a user can get wrong is checked here or where it is
 first known and raised as :class:`UsageError`: the CLI prints its message and exits with code 2.
 """
@@ -27,6 +28,9 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ''
 
 
+BOOL = argparse.BooleanOptionalAction  # every switch a config can turn on, --no-X turns off
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='classification.py', description='Train or evaluate an image classifier (ConvMLP or any timm model).')
@@ -38,14 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(torch/cifar10...), or tv-NAME for any torchvision dataset (tv-CIFAR10, tv-Flowers102)")
     g.add_argument('--train-split', default='train', help='training split (sub-folder or dataset split)')
     g.add_argument('--val-split', default='validation', help="evaluation split ('' = the data dir itself)")
-    g.add_argument('--download', action='store_true', help='let torchvision / timm datasets download')
-    g.add_argument('--strict-images', action='store_true',
+    g.add_argument('--download', action=BOOL, default=False, help='let torchvision / timm datasets download')
+    g.add_argument('--strict-images', action=BOOL, default=False,
                    help='stop at the first unreadable image instead of skipping and counting it')
     g.add_argument('-j', '--workers', type=int, default=4, help='data loading processes per training process')
 
     g = p.add_argument_group('model')
     g.add_argument('--model', default='convmlp_s', help='any timm model name (convmlp_s/m/l included)')
-    g.add_argument('--pretrained', action='store_true', help='start from the pretrained weights (head dropped '
+    g.add_argument('--pretrained', action=BOOL, default=False, help='start from the pretrained weights (head dropped '
                    'when --num-classes differs)')
     g.add_argument('--initial-checkpoint', default='', help='start from these weights (path, URL or zoo name)')
     g.add_argument('--num-classes', type=int, default=None, help='classes (default: found in the dataset)')
@@ -76,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--decay-rate', type=float, default=0.1)
 
     g = p.add_argument_group('augmentation and regularisation')
-    g.add_argument('--no-aug', action='store_true')
+    g.add_argument('--no-aug', action='store_true', help='no augmentation: resize and centre crop only')
+    g.add_argument('--aug', dest='no_aug', action='store_false', default=False,
+                   help="augment (undoes a config's no_aug: true)")
     g.add_argument('--scale', type=float, nargs=2, default=(0.08, 1.0), help='random-resized-crop scale')
     g.add_argument('--ratio', type=float, nargs=2, default=(3. / 4., 4. / 3.))
     g.add_argument('--hflip', type=float, default=0.5)
@@ -94,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--mixup-mode', default='batch')
     g.add_argument('--smoothing', type=float, default=0.1)
     g.add_argument('--train-interpolation', default='random')
-    g.add_argument('--model-ema', action='store_true')
+    g.add_argument('--model-ema', action=BOOL, default=False)
     g.add_argument('--model-ema-decay', type=float, default=0.9998)
 
     g = p.add_argument_group('run')
-    g.add_argument('--amp', action='store_true', help='mixed precision: bf16 autocast on CPU, fp16 on CUDA')
+    g.add_argument('--amp', action=BOOL, default=False, help='mixed precision: fp16 autocast on CUDA; bf16 on a '
+                   'CPU that computes it natively (AVX512-BF16, AMX), fp32 with a warning on others')
     g.add_argument('--amp-dtype', default=None, choices=('float16', 'bfloat16'))
     g.add_argument('--device', default=None, help="'cpu', 'cuda' (default: cuda if available)")
     g.add_argument('--seed', type=int, default=42)
@@ -106,14 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--experiment', default='', help='run folder name (default: date-model-size)')
     g.add_argument('--resume', default='', help="continue a run: a checkpoint path, or 'auto' = the newest "
                    'checkpoint of OUTPUT/EXPERIMENT that loads (a fresh start if there is none)')
-    g.add_argument('--overwrite', action='store_true', help='start again in a run folder that has checkpoints')
+    g.add_argument('--overwrite', action=BOOL, default=False, help='start again in a run folder that has checkpoints')
     g.add_argument('--checkpoint-interval', type=int, default=0,
                    help='also save a recovery checkpoint every N steps inside an epoch (0: epoch ends only)')
     g.add_argument('--keep-checkpoints', type=int, default=2, help='epoch checkpoints kept besides best')
     g.add_argument('--log-interval', type=int, default=50, help='log every N steps')
-    g.add_argument('--evaluate', action='store_true', help='only evaluate the weights given by --resume, '
+    g.add_argument('--evaluate', action=BOOL, default=False, help='only evaluate the weights given by --resume, '
                    '--initial-checkpoint or --pretrained: top-1, top-5, loss')
-    g.add_argument('--use-ema', action='store_true', help='--evaluate: use the checkpoint\'s EMA weights')
+    g.add_argument('--use-ema', action=BOOL, default=False, help='--evaluate: use the checkpoint\'s EMA weights')
     return p
 
 

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.utils import accuracy, dispatch_clip_grad
 
+from .. import precision
 from .config import UsageError
 
 __all__ = ['Position', 'UnreadableLog', 'train_one_epoch', 'evaluate']
@@ -130,8 +131,16 @@ def evaluate(model, loader, *, device, autocast, unreadable: UnreadableLog) -> d
 
 
 def autocast_for(device: torch.device, amp: bool, amp_dtype: Optional[str]):
-    """The autocast context to use: bf16 on CPU, fp16 (or ``amp_dtype``) on CUDA; a no-op without ``amp``."""
+    """The autocast context to use: a no-op without ``amp``; with it, fp16 (or ``amp_dtype``) on CUDA, and on
+    CPU bf16 (or ``amp_dtype``) where the CPU computes it natively, fp32 with one warning where it is
+    emulated (:func:`src.precision.amp_dtype`)."""
     if not amp:
         return contextlib.nullcontext
-    dtype = getattr(torch, amp_dtype) if amp_dtype else (torch.bfloat16 if device.type == 'cpu' else torch.float16)
+    try:
+        dtype = precision.amp_dtype(device.type, getattr(torch, amp_dtype) if amp_dtype else None, _log.warning)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if dtype is None:
+        return contextlib.nullcontext
+    _log.info(f'mixed precision: {str(dtype).replace("torch.", "")} autocast on {device.type}')
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -16,6 +16,9 @@ Paths:
   * ``floor``: the eager fast path's step with each matrix product (convolution forward and backward, mm)
     timed as it runs (:class:`ProductTimer`); the row reports their sum only: how fast the step would go on
     this machine if everything that is not a matrix product took no time.
+  * ``onnx`` (CPU inference, fp32): the model exported to ONNX by :func:`src.export.onnx_bytes` (BatchNorm
+    folded first with ``fused``), run by ONNX Runtime's CPU provider on the same batch; the row also holds its
+    parity with the eager fp32 model on that batch (max abs difference of the logits, top-1 agreement).
   ``malloc`` can be set either way on the first two paths, to show what the allocator alone contributes.
 
 Peak memory, two measures of what a step adds on top of weights, inputs and optimizer state:
@@ -58,7 +61,7 @@ class Config:
     """One measured configuration."""
     model: str = 'convmlp_s'
     mode: str = 'infer'            # 'infer' | 'train' (forward, backward, AdamW step)
-    path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone)
+    path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone) | 'onnx'
     dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
     compiled: bool = False
     fused: bool = False            # BatchNorm folded into convs (inference only)
@@ -75,14 +78,18 @@ class Config:
             raise ValueError(f"malloc must be 'keep' or 'system'; got {self.malloc!r}")
         if self.model not in BUILDERS:
             raise ValueError(f'unknown model {self.model!r}: choose from {sorted(BUILDERS)}')
-        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast', 'floor'):
-            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline', 'fast' or 'floor'; got {self}")
+        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast', 'floor', 'onnx'):
+            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline', 'fast', 'floor' or 'onnx'; "
+                             f"got {self}")
         if self.dtype not in DTYPES:
             raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)}')
         if self.path == 'baseline' and (self.dtype != 'fp32' or self.compiled or self.fused or self.checkpointing):
             raise ValueError('the baseline is the release forward: fp32, eager, unfused, no checkpointing')
         if self.path == 'floor' and (self.compiled or self.checkpointing):
             raise ValueError("the floor times the eager fast path's products: no compile, no checkpointing")
+        if self.path == 'onnx' and (self.mode != 'infer' or self.dtype != 'fp32' or self.compiled
+                                    or self.device != 'cpu'):
+            raise ValueError('the onnx path is fp32 inference under ONNX Runtime on the CPU, not compiled')
         if self.fused and self.mode == 'train':
             raise ValueError('fused BatchNorm is for inference: training needs batch statistics')
         if self.checkpointing and self.mode == 'infer':
@@ -94,6 +101,8 @@ class Config:
             return 'baseline (release)' + ' + keep malloc' * (self.malloc == 'keep')
         if self.path == 'floor':
             return f"{self.dtype}{' fused' * self.fused} matrix products alone (floor)"
+        if self.path == 'onnx':
+            return f"{self.dtype} onnxruntime{' fused' * self.fused}"
         parts = [self.dtype, 'compiled' if self.compiled else 'eager']
         parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing + ['system malloc'] * (self.malloc == 'system')
         return ' '.join(parts)
@@ -140,11 +149,14 @@ class ReleaseForward(nn.Module):
 
 # ---- building and running one configuration (in the child process) ---------------------------------
 def _build(cfg: Config):
-    """(model, step function) for ``cfg``; the step runs one inference batch or one training step."""
+    """(step, extras) for ``cfg``: the step runs one inference batch or one training step, ``extras()`` returns
+    what the row reports besides time and memory (the onnx path's parity)."""
     device = torch.device(cfg.device)
     torch.manual_seed(0)
     model = BUILDERS[cfg.model]().to(device)
     x = torch.randn(cfg.batch, 3, cfg.res, cfg.res, device=device)
+    if cfg.path == 'onnx':
+        return _onnx_build(model.fuse(inplace=True) if cfg.fused else model.eval(), x)
     if cfg.path == 'baseline':
         net: nn.Module = ReleaseForward(model)
     else:
@@ -168,7 +180,7 @@ def _build(cfg: Config):
         def step():
             with torch.no_grad(), autocast:
                 return net(x)
-        return model, step
+        return step, dict
 
     target = torch.randint(0, 1000, (cfg.batch,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05,
@@ -184,7 +196,32 @@ def _build(cfg: Config):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss
-    return model, step
+    return step, dict
+
+
+def _onnx_build(model: ConvMLP, x: torch.Tensor):
+    """(step, extras) for the ``onnx`` path: ``model`` exported (:func:`src.export.onnx_bytes`) and run by ONNX
+    Runtime on ``x`` with torch's thread count; the step returns the logits as a tensor, ``extras()`` the
+    parity with the eager model and ONNX Runtime's version."""
+    import onnxruntime as ort
+    from .export import INPUT_NAME, onnx_bytes
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    session = ort.InferenceSession(onnx_bytes(model, x), options, providers=['CPUExecutionProvider'])
+    feed = {INPUT_NAME: x.numpy()}
+
+    def step():
+        return torch.from_numpy(session.run(None, feed)[0])
+    return step, lambda: dict(onnx_parity(model, step, x), onnxruntime=ort.__version__)
+
+
+@torch.no_grad()
+def onnx_parity(model: nn.Module, step: Callable[[], torch.Tensor], x: torch.Tensor) -> Dict[str, float]:
+    """Max abs difference between the logits of ``step()`` (ONNX Runtime) and the eager fp32 ``model`` on
+    ``x``, and the share of images whose top-1 class agrees."""
+    onnx, eager = step(), model.eval()(x)
+    return dict(onnx_max_abs_diff=(onnx - eager).abs().max().item(),
+                onnx_top1_agreement=(onnx.argmax(1) == eager.argmax(1)).float().mean().item())
 
 
 def _rss_kib(field: str) -> Optional[int]:
@@ -227,7 +264,7 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
     torch.set_num_threads(threads)
     malloc_kept = keep_freed_memory() if cfg.malloc == 'keep' else False
     cuda = cfg.device.startswith('cuda')
-    _, step = _build(cfg)
+    step, extras = _build(cfg)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     gc.collect()
     base = torch.cuda.memory_allocated() if cuda else _rss_kib('VmRSS')
@@ -264,11 +301,13 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
             import resource
             hwm = _rss_kib('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             rss_mib = (hwm - base) / 1024
-        tensor_mib = peak_tensor_bytes(step) / 2 ** 20
+        # ONNX Runtime's buffers are not torch tensors: only RSS sees them
+        tensor_mib = float('nan') if cfg.path == 'onnx' else peak_tensor_bytes(step) / 2 ** 20
     best = min(times)  # best of N: the least disturbed step on a shared machine
-    return dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
-                mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
-                rss_mib=rss_mib, malloc_kept=malloc_kept, warmup_s=warmup_s, iters=iters, threads=threads)
+    result = dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
+                  mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
+                  rss_mib=rss_mib, malloc_kept=malloc_kept, warmup_s=warmup_s, iters=iters, threads=threads)
+    return dict(result, **extras())
 
 
 def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, timeout: float = 1800) -> Dict:
@@ -426,11 +465,12 @@ if __name__ == '__main__':
 # ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------
 def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: List[bool], fused: List[bool],
            batch: int, res: int, device: str = 'cpu', malloc_rows: bool = True,
-           floor_rows: bool = True) -> List[Config]:
+           floor_rows: bool = True, onnx_rows: bool = True) -> List[Config]:
     """Baseline first, then every fast-path combination, per model and mode (fused: inference only).
     ``malloc_rows``: also the baseline with kept freed memory and the fp32 eager fast path with glibc's
-    default malloc, so the allocator's share of each speed-up is visible. ``floor_rows``: last, per dtype,
-    the fast path's matrix products alone (path ``floor``)."""
+    default malloc, so the allocator's share of each speed-up is visible. ``onnx_rows``: CPU inference with
+    fp32 among ``dtypes``, the model under ONNX Runtime (path ``onnx``, fused as the last eager fp32 row).
+    ``floor_rows``: last, per dtype, the fast path's matrix products alone (path ``floor``)."""
     configs = []
     for model in models:
         for mode in modes:
@@ -443,6 +483,8 @@ def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: Lis
                 for comp in compiled:
                     for fuse in (fused if mode == 'infer' else [False]):
                         configs.append(Config(dtype=dtype, compiled=comp, fused=fuse, **common))
+            if onnx_rows and mode == 'infer' and device == 'cpu' and 'fp32' in dtypes:
+                configs.append(Config(path='onnx', fused=True in fused, **common))
             if floor_rows:
                 configs += [Config(path='floor', dtype=dtype, fused=mode == 'infer' and True in fused, **common)
                             for dtype in dtypes]
@@ -481,13 +523,15 @@ def annotate(results: List[Dict], peaks: Dict[str, float]) -> None:
         r['x_baseline'] = r['images_per_s'] / base['images_per_s'] if base else float('nan')
 
 
-def markdown_table(results: List[Dict]) -> str:
+def markdown_table(results: List[Dict], emulated: Sequence[str] = ()) -> str:
+    """The rows as a markdown table; rows in a dtype of ``emulated`` (not native on this CPU) say so."""
     head = ('| model | step | path | batch | res | img/s | x baseline | tensor MiB | RSS MiB | GFLOP/s | '
             '% matmul peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
     rows = []
     for r in results:
         c = r['config']
-        lead = f"| {c['model']} | {c['mode']} | {r['label']} | {c['batch']} | {c['res']} |"
+        label = r['label'] + (f" ({c['dtype']} emulated)" if c['dtype'] in emulated else '')
+        lead = f"| {c['model']} | {c['mode']} | {label} | {c['batch']} | {c['res']} |"
         if 'error' in r:
             rows.append(f"{lead} failed: {r['error'][:80]} | | | | | |")
             continue

@@ -3,6 +3,7 @@ import csv
 import os
 import re
 import socket
+import subprocess
 
 import pytest
 
@@ -48,6 +49,27 @@ def test_torchrun_two_processes_train_resume_evaluate(tmp_path):
 def test_launcher_refuses_more_processes_than_cores(tmp_path):
     res = run([str(os.cpu_count() + 1), tmp_path], script='dist_classification.sh')
     assert res.returncode == 2 and 'CPU cores' in res.stderr and 'CONVMLP_ALLOW_OVERSUBSCRIBE' in res.stderr
+
+
+def test_launcher_fits_threads_to_cores(tmp_path):
+    """NUM_PROC x OMP_NUM_THREADS above the node's cores: one warning line, and torchrun gets cores / NUM_PROC
+    threads per process unless CONVMLP_ALLOW_OVERSUBSCRIBE=1 (a fake python prints what torchrun would get)."""
+    fake = tmp_path / 'python'
+    fake.write_text('#!/bin/sh\necho "threads=$OMP_NUM_THREADS"\n')
+    fake.chmod(0o755)
+    cores = int(subprocess.run(['env', '-u', 'OMP_NUM_THREADS', 'nproc'], capture_output=True, text=True).stdout)
+    env = dict(PYTHON=str(fake), OMP_NUM_THREADS=str(cores + 1))
+    res = run(['1', tmp_path], env=env, script='dist_classification.sh')
+    assert res.returncode == 0 and res.stdout == f'threads={cores}\n'
+    assert res.stderr == (f"warning: 1 process(es) x OMP_NUM_THREADS={cores + 1} threads oversubscribe this node's "
+                          f'{cores} cores (steps can run 10x slower): using OMP_NUM_THREADS={cores}; set '
+                          f'CONVMLP_ALLOW_OVERSUBSCRIBE=1 to keep {cores + 1}\n')
+    kept = run(['1', tmp_path], env=dict(env, CONVMLP_ALLOW_OVERSUBSCRIBE='1'), script='dist_classification.sh')
+    assert kept.stdout == f'threads={cores + 1}\n' and kept.stderr == ''
+    fits = run(['1', tmp_path], env=dict(env, OMP_NUM_THREADS=str(cores)), script='dist_classification.sh')
+    assert fits.stdout == f'threads={cores}\n' and fits.stderr == ''
+    bad = run(['1', tmp_path], env=dict(env, OMP_NUM_THREADS='two'), script='dist_classification.sh')
+    assert bad.returncode == 2 and "OMP_NUM_THREADS must be a positive whole number, got 'two'" in bad.stderr
 
 
 @pytest.mark.parametrize('args,message', [(['two'], 'NUM_PROC must be a positive whole number'),

@@ -10,7 +10,7 @@ import torch
 from torch.profiler import profile
 
 from conftest import ROOT
-from src import convmlp_s
+from src import convmlp_s, precision
 from src.bench import ProductTimer, ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
 from src.convmlp import ConvMLP, channel_linear
 from src.fuse import fuse_model
@@ -286,18 +286,22 @@ def test_benchmark_tool_smoke(tmp_path):
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     labels = [r['label'] for r in report['rows']]
     assert labels == ['baseline (release)', 'baseline (release) + keep malloc', 'fp32 eager fused system malloc',
-                      'fp32 eager fused', 'fp32 fused matrix products alone (floor)']
+                      'fp32 eager fused', 'fp32 onnxruntime fused', 'fp32 fused matrix products alone (floor)']
     assert report['rows'][0]['x_baseline'] == 1.0
-    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True, True]
-    *steps, floor = report['rows']
+    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True, True, True]
+    *steps, onnx, floor = report['rows']
     assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['tensor_mib'] > 0 and r['rss_mib'] == r['rss_mib']
                for r in steps)
+    assert onnx['images_per_s'] > 0 and onnx['onnx_max_abs_diff'] < 1e-4 and onnx['onnx_top1_agreement'] == 1.0
+    assert report['cpu_isa'] == precision.cpu_isa() and report['emulated_dtypes'] == []  # fp32 only
     assert floor['images_per_s'] > 0 and floor['gflops'] > 0
     assert floor['products_per_step'] == 52 + 1  # S: 20 convs, 32 channel-MLP linears (1x1 convs), head
     assert report['matmul_peak_gflops']['fp32'] > 0
     table = (tmp_path / 'benchmark.md').read_text()
     assert '| convmlp_s | infer | fp32 eager fused | 1 | 32 |' in table
     assert '| convmlp_s | infer | fp32 fused matrix products alone (floor) | 1 | 32 |' in table
+    assert table.startswith(f'CPU: {precision.cpu_isa()}.')
+    assert 'fp32 onnxruntime fused (ONNX Runtime 1.' in table and 'top-1 agreement 100.0%' in table
 
 
 def test_benchmark_tool_rejects_bad_flags():

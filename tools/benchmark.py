@@ -11,6 +11,10 @@ measured matmul peak in the row's dtype. On CPU two more rows per step separate 
 (src/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default.
 The "matrix products alone (floor)" rows count only the time the fast path's step spends in convolutions
 and matrix multiplies: their ratio to the baseline is the most that faster elementwise work could reach.
+The "onnxruntime" row runs the exported ONNX model (src/export.py) under ONNX Runtime on the same batch, with
+its parity to the eager model (max abs difference of the logits, top-1 agreement) below the table.
+The output starts with the CPU's instruction set; rows in a dtype the CPU only emulates (bf16 without
+AVX512-BF16 / AMX) are marked "emulated".
 Writes OUT/benchmark.{md,json,png}: the table, everything measured, and the plot of throughput and memory
 against resolution and batch size.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src import bench  # noqa: E402
+from src import bench, precision  # noqa: E402
 
 MODELS = {'s': 'convmlp_s', 'm': 'convmlp_m', 'l': 'convmlp_l'}
 BOTH = {'both': [False, True], 'off': [False], 'only': [True]}
@@ -41,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--fuse', default='both', choices=sorted(BOTH), help='BatchNorm-folded inference rows')
     p.add_argument('--malloc-rows', action=argparse.BooleanOptionalAction, default=True,
                    help='CPU: rows that swap the malloc setting of the baseline and of the fp32 fast path')
+    p.add_argument('--onnx-rows', action=argparse.BooleanOptionalAction, default=True,
+                   help='CPU: a row with the exported ONNX model under ONNX Runtime, and its parity with eager')
     p.add_argument('--floor-rows', action=argparse.BooleanOptionalAction, default=True,
                    help="rows with the time of the fast path's matrix products alone (timed inside its step): "
                         'the most any change to the non-product work could give')
@@ -104,12 +110,15 @@ def main(argv=None) -> int:
 
     def measure_peaks():
         return {d: bench.matmul_peak_gflops(d, args.threads, device=args.device) for d in peak_dtypes}
+    cpu = precision.cpu_isa()
+    emulated = [d for d in args.dtypes if args.device == 'cpu' and not precision.cpu_native(bench.DTYPES[d])]
+    log(f'CPU: {cpu}' + (f"; {', '.join(emulated)} emulated here (slow)" if emulated else ''))
     peaks = measure_peaks()
     log('matmul peak GFLOP/s: ' + ', '.join(f'{d} {v:.0f}' for d, v in peaks.items()))
 
     configs = bench.matrix(models, args.modes, args.dtypes, BOTH[args.compile], BOTH[args.fuse],
                            args.batch, args.res, args.device, args.malloc_rows and args.device == 'cpu',
-                           args.floor_rows)
+                           args.floor_rows, args.onnx_rows)
     if args.ckpt_batch and 'train' in args.modes:
         configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
     main_rows = run_all(configs, args)
@@ -135,18 +144,23 @@ def main(argv=None) -> int:
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                             cwd=bench.ROOT).stdout.strip()
     report = dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  commit=commit, loadavg_at_start=load,
+                  commit=commit, cpu_isa=cpu, emulated_dtypes=emulated, loadavg_at_start=load,
                   loadavg_at_end=Path('/proc/loadavg').read_text().split()[:3] if load else [],
                   matmul_peak_gflops=peaks, rows=main_rows, sweep=sweep_rows, linearity=lin,
                   bf16_top1_agreement=agreement)
     (args.out / 'benchmark.json').write_text(json.dumps(report, indent=1))
 
-    lines = [f'Machine load (1/5/15 min) at start {" ".join(load)}, at end {" ".join(report["loadavg_at_end"])}; '
-             f'{args.threads} threads; matmul peak ' + ', '.join(f'{d} {v:.0f} GFLOP/s' for d, v in peaks.items()),
-             '', bench.markdown_table(main_rows)]
+    lines = [f'CPU: {cpu}. Machine load (1/5/15 min) at start {" ".join(load)}, at end '
+             f'{" ".join(report["loadavg_at_end"])}; {args.threads} threads; matmul peak '
+             + ', '.join(f'{d} {v:.0f} GFLOP/s' for d, v in peaks.items()),
+             '', bench.markdown_table(main_rows, emulated), '']
+    lines += [f"{r['config']['model']} {r['label']} (ONNX Runtime {r['onnxruntime']}) against the eager fp32 model on "
+              f"the same batch ({r['config']['batch']} at {r['config']['res']} px): max abs diff of logits "
+              f"{r['onnx_max_abs_diff']:.2e}, top-1 agreement {100 * r['onnx_top1_agreement']:.1f}%"
+              for r in main_rows if r['config']['path'] == 'onnx' and 'error' not in r]
     if sweep_rows:
         lines += ['', f'Sweeps ({models[0]}; resolution at batch {args.sweep_res_batch}, batch at 224 px):', '',
-                  bench.markdown_table(sweep_rows), '',
+                  bench.markdown_table(sweep_rows, emulated), '',
                   'Seconds per image per pixel relative to the smallest resolution (1.00 = linear in pixels):']
         lines += [f'- {label}: ' + ', '.join(f'{r}px {v:.2f}' for r, v in vals.items()) for label, vals in lin.items()]
         bench.plot_sweeps(res_rows, batch_rows, args.out / 'benchmark.png',

@@ -115,6 +115,8 @@ def run_folders(tmp_path_factory):
     run = tmp / 'best.pth.tar'
     torch.save(dict(format='convmlp-train-1', arch='convmlp_s', num_classes=10, state_dict=weights[''].state_dict(),
                     state_dict_ema=weights['--ema'].state_dict(), best=dict(epoch=3, top1=95.6),
+                    position=dict(epoch=3, step=0), history=[dict(epoch=e, top1=90.0 + e, ema_top1=80.0 + e)
+                                                             for e in (1, 2, 3)],
                     args=dict(model='convmlp_s', img_size=64, crop_pct=1.0, mean=(0.5, 0.5, 0.5),
                               std=(0.25, 0.25, 0.25), interpolation='bilinear')), run)
     folders = {flag: tmp / f'folder{flag}' for flag in weights}
@@ -141,6 +143,8 @@ def test_timm_folder_holds_config_weights_and_card(run_folders):
     assert "timm.create_model('hf-hub:me/convmlp_s_digits', pretrained=True)" in card
     assert '| ConvMLP-S | 9.0M | 2.4G | 76.8 |' in card and '| CIFAR-10 | 10 | 8.51M | 98.0 |' in card
     assert '(EMA weights)' in card and 'arxiv.org/abs/2109.04454' in card
+    assert "(top-1 83.00 on the run's held-out set after epoch 3)" in card
+    assert "(top-1 93.00 on the run's held-out set after epoch 3)" in (folders[''] / 'README.md').read_text()
 
 
 @pytest.mark.xfail(strict=True, raises=CheckpointError, reason=(

@@ -62,7 +62,8 @@ def _find_variant(source: str, sd: dict) -> Optional[str]:
         ConvMLP(**ARCHS[a], num_classes=num_classes).state_dict(), sd)), None)
 
 
-def _model_card(model, arch: Optional[str], source: str, ema: bool, hub_id: str, license_id: str) -> dict:
+def _model_card(model, arch: Optional[str], source: str, ckpt: dict, ema: bool, hub_id: str,
+                license_id: str) -> dict:
     """timm's model-card fields (``timm.models._hub.generate_readme``) with the paper's numbers."""
     cfg = model.pretrained_cfg
     name = cfg['architecture']
@@ -74,6 +75,11 @@ def _model_card(model, arch: Optional[str], source: str, ema: bool, hub_id: str,
                                'Image size': f'{cfg["input_size"][1]} x {cfg["input_size"][2]}'},
                'Papers': {'ConvMLP: Hierarchical Convolutional MLPs for Vision': 'https://arxiv.org/abs/2109.04454'},
                'Original': cfg.get('origin_url', 'https://github.com/SHI-Labs/Convolutional-MLPs')}
+    pos = ckpt.get('position') or {}  # a classification.py run's epoch checkpoint: its evaluation of these weights
+    rows = [r for r in ckpt.get('history') or [] if pos.get('step') == 0 and r.get('epoch') == pos.get('epoch')]
+    top1 = rows[-1].get('ema_top1' if ema else 'top1') if rows else None
+    if top1 is not None:
+        weights += f' (top-1 {top1:.2f} on the run\'s held-out set after epoch {pos["epoch"]})'
     if source in zoo.VARIANTS:
         details['Model Stats']['GMACs'] = zoo.IMAGENET_PRECISE[source]['macs']
         details['Dataset'] = 'ImageNet-1k'
@@ -137,7 +143,7 @@ def convert_timm(args: argparse.Namespace) -> int:
                                 tag=model.pretrained_cfg.get('tag') if args.source in zoo.VARIANTS else None)
     hub_id = args.hub_id or f'ORG/{out.name}'
     arch = next((v for v in zoo.VARIANTS if name in (v, f'{v}_classification')), None)  # a release model
-    card = _model_card(model, arch, args.source, args.ema, hub_id, args.license)
+    card = _model_card(model, arch, args.source, ckpt, args.ema, hub_id, args.license)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     try:

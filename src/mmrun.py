@@ -10,6 +10,9 @@ What this adds to a plain ``Runner.from_cfg``:
   On CUDA, SyncBN stays and mmengine sets up NCCL as usual.
 * Every checkpoint loads with ``weights_only=True``, mmengine's own run files (resume, test) too: they
   are allowed the few mmengine/numpy types they hold (:func:`run_checkpoint_globals`), nothing else.
+* Training checkpoints are crash-safe and resume exactly (:mod:`src.run_checkpoints`): written atomically,
+  ``last_checkpoint`` updated and old files removed only after, every process's RNG states inside. A bare
+  ``--resume`` takes the newest checkpoint that loads (torn ones are named and skipped) and its seed.
 * ``test.py`` converts checkpoints saved by mmdet 2.x / mmseg 0.x (``meta['CLASSES']``, DDP prefixes,
   the classifier ``norm``/``head`` of a ConvMLP backbone) and loads every key strictly.
 """
@@ -20,6 +23,7 @@ import contextlib
 import copy
 import os
 import os.path as osp
+import re
 import sys
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -30,7 +34,7 @@ from .malloc import keep_freed_memory
 from .weights import CheckpointError, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict
 
 __all__ = ['main', 'UsageError', 'prepare_config', 'set_data_root', 'check_data_paths',
-           'convert_legacy_checkpoint', 'run_checkpoint_globals']
+           'convert_legacy_checkpoint', 'run_checkpoint_globals', 'load_run_checkpoint', 'run_checkpoints']
 
 METRIC_NAMES = {'detection': 'COCO bbox/segm AP', 'segmentation': 'mIoU'}
 DATALOADERS = {'train': ('train_dataloader', 'val_dataloader'), 'test': ('test_dataloader',)}
@@ -107,6 +111,68 @@ def convert_legacy_checkpoint(ckpt: dict, model: torch.nn.Module, task: str) -> 
         if meta.get('PALETTE') is not None:
             dataset_meta['palette'] = [tuple(c) for c in meta['PALETTE']]
     return sd, dataset_meta
+
+
+def load_run_checkpoint(path: str) -> dict:
+    """A checkpoint mmengine's Runner can resume from, loaded with ``weights_only=True``; raises
+    CheckpointError (naming the file and its size if it is torn) otherwise."""
+    with _run_checkpoints_loadable():
+        ckpt = load_checkpoint_file(path)
+    if not isinstance(ckpt.get('meta'), dict) or 'iter' not in ckpt['meta'] or 'state_dict' not in ckpt:
+        raise CheckpointError(f'{path} is not a checkpoint of a training run (no meta.iter / state_dict); '
+                              f'start from its weights with --cfg-options load_from={path} instead of --resume')
+    return ckpt
+
+
+def run_checkpoints(cfg) -> List[str]:
+    """The checkpoints ``cfg``'s CheckpointHook saved (its folder and file name template), newest first."""
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
+    folder = cfg.work_dir
+    if hook.get('out_dir') and hook['out_dir'] != cfg.work_dir:  # as CheckpointHook.before_train joins them
+        folder = osp.join(hook['out_dir'], osp.basename(cfg.work_dir.rstrip(osp.sep)))
+    template = hook.get('filename_tmpl') or ('epoch_{}.pth' if hook.get('by_epoch', True) else 'iter_{}.pth')
+    pattern = re.compile(re.escape(template).replace(r'\{\}', r'(\d+)'))
+    found = [(int(m.group(1)), osp.join(folder, name)) for name in (os.listdir(folder) if osp.isdir(folder) else [])
+             if (m := pattern.fullmatch(name))]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _set_resume(cfg, resume: str) -> None:
+    """Resume from ``resume`` (a path, or 'auto': the newest checkpoint of the work dir that loads; the
+    ones that do not are named and skipped), with the seed the checkpoint's run had."""
+    rank0 = int(os.environ.get('RANK', 0)) == 0
+    if resume != 'auto':
+        if not osp.isfile(resume):
+            raise UsageError(f'checkpoint to resume from not found: {resume}')
+        ckpt = load_run_checkpoint(resume)
+    else:
+        ckpt, errors = None, []
+        for resume in run_checkpoints(cfg):
+            try:
+                ckpt = load_run_checkpoint(resume)
+                break
+            except CheckpointError as e:
+                errors.append(str(e))
+                if rank0:
+                    print(f'warning: resume: skipping {e}', file=sys.stderr, flush=True)
+        if ckpt is None:
+            if errors:
+                raise CheckpointError(f'no checkpoint of {cfg.work_dir} loads ({len(errors)} tried, the newest: '
+                                      f'{errors[0]}); start anew without --resume')
+            if rank0:
+                print(f'resume: no checkpoint in {cfg.work_dir} yet, starting from scratch', file=sys.stderr, flush=True)
+            return
+    cfg.resume, cfg.load_from = True, resume
+    # the samplers and data workers are seeded before mmengine reads the checkpoint: give them its seed
+    seed = ckpt['meta'].get('seed')
+    if seed is not None:
+        cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
+
+
+def _by_epoch(cfg) -> bool:
+    """Whether ``cfg`` trains with mmengine's EpochBasedTrainLoop."""
+    train_cfg = cfg.get('train_cfg') or {}
+    return train_cfg.get('type', 'EpochBasedTrainLoop' if train_cfg.get('by_epoch') else None) == 'EpochBasedTrainLoop'
 
 
 def load_checkpoint_for_test(path: str, model: torch.nn.Module, task: str) -> Optional[dict]:
@@ -217,16 +283,16 @@ def prepare_config(args, task: str, mode: str):
             if not cfg.get('auto_scale_lr', {}).get('base_batch_size'):
                 raise UsageError(f'--auto-scale-lr needs auto_scale_lr.base_batch_size in {args.config}')
             cfg.auto_scale_lr.enable = True
-        if args.resume == 'auto':
-            cfg.resume, cfg.load_from = True, None
-        elif args.resume:
-            if not osp.isfile(args.resume):
-                raise UsageError(f'checkpoint to resume from not found: {args.resume}')
-            cfg.resume, cfg.load_from = True, args.resume
+        if args.resume:
+            _set_resume(cfg, args.resume)
+        hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+        if hook and hook.get('type') == 'CheckpointHook':
+            hook.type = 'SafeCheckpointHook'  # atomic, ordered saves with RNG states (src/run_checkpoints.py)
     else:
         cfg.load_from, cfg.resume = None, False  # test.py loads (and converts) the checkpoint itself
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        if cfg.get(key) and cfg[key].get('num_workers', 0) == 0:
+        if cfg.get(key) and (cfg[key].get('num_workers', 0) == 0 or key == 'train_dataloader' and _by_epoch(cfg)):
+            # epoch loops: workers start each epoch seeded from (seed, rank, worker id) as a resumed epoch's do
             cfg[key].persistent_workers = False
     if not cuda:
         _sync_bn_to_bn(cfg.model)
@@ -267,7 +333,8 @@ def parse_args(task: str, mode: str, argv=None):
     p.add_argument('--data-root', help='dataset folder for every dataloader and evaluator of the config')
     if mode == 'train':
         p.add_argument('--resume', nargs='?', const='auto',
-                       help='resume from this checkpoint, or without a value from the latest in --work-dir')
+                       help='resume from this checkpoint, or without a value from the newest in --work-dir '
+                            'that loads (torn ones are named and skipped)')
         p.add_argument('--auto-scale-lr', action='store_true',
                        help="scale lr linearly from the config's base batch size to the actual one")
     p.add_argument('--amp', action='store_true', help='mixed precision: fp16 on CUDA; bf16 on a CPU that computes '
@@ -312,8 +379,8 @@ def main(task: str, mode: str, argv=None) -> int:
 
 def _run(cfg, args, task: str, mode: str) -> int:
     from mmengine.model import is_model_wrapper
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(copy.deepcopy(cfg))
+    from .run_checkpoints import SafeRunner  # also registers SafeCheckpointHook
+    runner = SafeRunner.from_cfg(copy.deepcopy(cfg))
     with _run_checkpoints_loadable():
         if mode == 'train':
             runner.train()

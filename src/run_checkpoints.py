@@ -1,0 +1,183 @@
+"""Crash-safe checkpoints and exact resume for the mmengine runs of detection and segmentation
+(:mod:`src.mmrun` trains with these in place of mmengine's ``Runner`` and ``CheckpointHook``).
+
+mmengine alone writes a checkpoint in place, deletes the oldest one *before* writing the new one, and
+keeps no RNG state: a kill while saving can leave a torn file with its predecessor gone, and a resumed
+run draws other dropout / drop-path masks and augmentations than the run never interrupted. Here:
+
+* :class:`SafeRunner` writes every checkpoint through :func:`src.atomic.atomic_write` (temporary file
+  beside it, fsync, rename): a file under a checkpoint's name is always complete.
+* :class:`SafeCheckpointHook` saves in a crash-safe order: the new checkpoint, then the
+  ``last_checkpoint`` pointer (atomically too), and only then the checkpoints beyond ``max_keep_ckpts``
+  are removed. Every checkpoint holds every process's RNG states (python, numpy, torch, CUDA) in
+  ``meta['rng_states']`` (one entry per rank, plain tensors: loads with ``weights_only=True``).
+* On resume the hook puts this process's states back where the run saved them: before the next epoch's
+  data (epoch loops), or once mmengine has skipped the batches already trained (iteration loops).
+  Validation leaves the RNG states as it found them, so the state saved before it is the state training
+  continues from. Sampler order is a function of (seed, epoch) in mmengine, and data workers are seeded
+  from (seed, rank, worker id), so with the run's seed (:func:`src.mmrun` takes it from the checkpoint)
+  a run killed anywhere and resumed ends bit for bit as the run never interrupted (same process count).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import os.path as osp
+from collections import deque
+from typing import Iterator, Optional
+
+import torch
+from mmengine.dist import all_gather_object, is_main_process, master_only
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
+from mmengine.utils import apply_to
+
+from .atomic import atomic_write
+from .train.state import rng_state, set_rng_state
+
+__all__ = ['SafeCheckpointHook', 'SafeRunner', 'RNG_KEY']
+
+RNG_KEY = 'rng_states'  # in a checkpoint's meta: [rank 0's states, rank 1's, ...]
+
+
+class SafeRunner(Runner):
+    """mmengine's Runner whose checkpoints are written atomically (local folders; other storage
+    backends as mmengine writes them), and which tells :class:`SafeCheckpointHook` it is resuming."""
+
+    resuming = False
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        self.resuming = True
+        super().resume(filename, *args, **kwargs)
+
+    @master_only
+    def save_checkpoint(self, out_dir: str, filename: str, file_client_args=None, *args, backend_args=None,
+                        **kwargs) -> None:
+        if file_client_args is not None or backend_args is not None or '://' in out_dir:
+            super().save_checkpoint(out_dir, filename, file_client_args, *args, backend_args=backend_args, **kwargs)
+            return
+        with atomic_write(osp.join(out_dir, filename)) as f:  # mmengine writes the temporary file by name
+            super().save_checkpoint(out_dir, osp.basename(f.name), None, *args, **kwargs)
+
+
+class _RestoreRngAfter:
+    """Stands in for an IterBasedTrainLoop's data iterator: passes ``skip`` batches through (mmengine's
+    fast-forward past trained data), then sets ``state`` before the next one and steps aside."""
+
+    def __init__(self, loop: IterBasedTrainLoop, skip: int, state: dict):
+        self.loop, self.iterator, self.left, self.state = loop, loop.dataloader_iterator, skip, state
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        if self.left == 0:
+            set_rng_state(self.state)
+            self.loop.dataloader_iterator = self.iterator
+        self.left -= 1
+        return next(self.iterator)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook (same arguments) with crash-safe saving and exact resume (see module
+    docstring). Needs :class:`SafeRunner` for atomic files and to restore RNG states on resume."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rng_to_save: Optional[list] = None     # every rank's states for the save in progress
+        self._rng_before_val: Optional[dict] = None  # this rank's states when validation began
+        self._rng_to_restore: Optional[dict] = None  # this rank's states from the resumed checkpoint
+
+    # ---- saving ----------------------------------------------------------------------------------
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and '://' not in self.out_dir:
+            self._remove_unfinished(runner)
+
+    def _remove_unfinished(self, runner) -> None:
+        """Temporary files left by a save that was killed (:func:`atomic_write` names them .NAME.*.tmp)."""
+        patterns = [f'.{self.filename_tmpl.format("*")}.*.tmp', '.last_checkpoint.*.tmp']
+        for folder in {self.out_dir, runner.work_dir}:
+            for name in sorted(os.listdir(folder)) if osp.isdir(folder) else []:
+                if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                    path = osp.join(folder, name)
+                    runner.logger.warning(f'removing {path} ({osp.getsize(path)} bytes): unfinished '
+                                          f'checkpoint of an interrupted save')
+                    os.remove(path)
+
+    def _training_rng(self) -> dict:
+        """This process's RNG states as training will continue from them (validation does not count)."""
+        return self._rng_before_val if self._rng_before_val is not None else rng_state()
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['meta'][RNG_KEY], self._rng_to_save = self._rng_to_save, None  # gathered for this save only
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        """mmengine's save, reordered: the new file (atomic), then ``last_checkpoint``, then removals."""
+        self._rng_to_save = all_gather_object(self._training_rng())  # every rank takes part
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        stale = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            ids = [*self.keep_ckpt_ids, step]
+            stale = ids[:-self.max_keep_ckpts]
+            self.keep_ckpt_ids = deque(ids[-self.max_keep_ckpts:], self.max_keep_ckpts)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        runner.save_checkpoint(self.out_dir, filename, self.file_client_args, save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                               backend_args=self.backend_args, **self.args)
+        if not is_main_process():
+            return
+        with atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
+            f.write(self.last_ckpt)
+        for old in stale:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # checkpoints saved by deepspeed are folders
+                self.file_backend.rmtree(path)
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        if self.save_best is not None:
+            self._rng_to_save = all_gather_object(self._training_rng())
+        super()._save_best_checkpoint(runner, metrics)
+
+    # ---- validation leaves the RNG states alone --------------------------------------------------
+    def before_val(self, runner) -> None:
+        self._rng_before_val = rng_state()
+
+    def after_val(self, runner) -> None:
+        set_rng_state(self._rng_before_val)
+        self._rng_before_val = None
+
+    # ---- resuming --------------------------------------------------------------------------------
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if not getattr(runner, 'resuming', False):  # load_from (fine-tuning) starts a new sequence
+            return
+        meta, loop = checkpoint['meta'], runner.train_loop
+        if isinstance(loop, EpochBasedTrainLoop) and meta['iter'] != meta['epoch'] * len(loop.dataloader):
+            runner.logger.warning(f'the checkpoint was saved inside epoch {meta["epoch"] + 1} (iteration '
+                                  f'{meta["iter"]}): mmengine restarts that epoch from its first batch, so the '
+                                  f'resumed run differs from the run never interrupted (save at epoch ends)')
+        states = meta.get(RNG_KEY)
+        if states is None:
+            runner.logger.warning('the checkpoint holds no RNG states (not saved by SafeCheckpointHook): the '
+                                  'resumed run draws other random numbers than the run never interrupted')
+        elif len(states) != runner.world_size:
+            runner.logger.warning(f'the checkpoint was saved by {len(states)} processes, this run has '
+                                  f'{runner.world_size}: RNG states not restored (resume is not exact)')
+        else:
+            self._rng_to_restore = apply_to(states[runner.rank], torch.is_tensor, lambda t: t.cpu())
+
+    def before_train_epoch(self, runner) -> None:
+        if self._rng_to_restore is None:
+            return
+        loop = runner.train_loop
+        if isinstance(loop, IterBasedTrainLoop) and loop.iter > 0:  # mmengine skips trained batches next
+            loop.dataloader_iterator = _RestoreRngAfter(loop, loop.iter, self._rng_to_restore)
+        else:
+            set_rng_state(self._rng_to_restore)
+        self._rng_to_restore = None

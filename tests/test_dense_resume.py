@@ -1,0 +1,197 @@
+"""Detection and segmentation runs lose nothing (src/run_checkpoints.py): SIGKILL at a random iteration,
+SIGKILL in the middle of writing a checkpoint, a truncated newest checkpoint, then ``--resume``: the run
+ends with weights, optimizer and scheduler states (and RNG states) bitwise equal to the run never
+interrupted, with the shipped models' dropout and drop path on and validation between checkpoints."""
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+pytest.importorskip('mmseg')
+pytest.importorskip('mmdet')
+
+from dense_e2e import PY, ROOT, free_port  # noqa: E402
+from src.mmrun import load_run_checkpoint, main  # noqa: E402
+from src.shapes import make_shapes  # noqa: E402
+
+FPN = 'configs/segmentation/shapes/fpn_convmlp_s_shapes.py'
+RETINANET = 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'
+ITERS = 6  # segmentation: iterations; detection: 3 epochs of 2
+SEG = ['train_dataloader.batch_size=2', 'model.data_preprocessor.size=(64,64)',
+       'train_dataloader.dataset.pipeline.3.crop_size=(64,64)', f'train_cfg.max_iters={ITERS}',
+       'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
+       'randomness.seed=5']
+DET = ['train_dataloader.batch_size=2', 'val_dataloader.batch_size=1', 'model.test_cfg.score_thr=0.0',
+       'train_dataloader.dataset.pipeline.2.scale=(64,64)', 'val_dataloader.dataset.pipeline.1.scale=(64,64)',
+       f'train_cfg.max_epochs={ITERS // 2}', 'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
+       'default_hooks.logger.interval=1', 'randomness.seed=5']
+ENV = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHON=PY)
+
+# Runs an entry script with mmengine's file writes patched: the TEAR_SAVE-th checkpoint write puts half
+# its bytes on disk, then the process SIGKILLs itself (a crash in the middle of saving, deterministic).
+TEAR_SAVE = """
+import os, runpy, signal, sys
+from mmengine.fileio.backends import LocalBackend
+put, left = LocalBackend.put, [int(os.environ['TEAR_SAVE'])]
+def tearing_put(self, obj, filepath):
+    if str(filepath).endswith('.tmp'):
+        left[0] -= 1
+        if left[0] == 0:
+            with open(filepath, 'wb') as f:
+                f.write(obj[:len(obj) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+    put(self, obj, filepath)
+LocalBackend.put = tearing_put
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def _start(cmd, log, **env) -> subprocess.Popen:
+    """``cmd`` from the repo root in its own session, stdout and stderr to ``log``."""
+    with open(log, 'w') as f:
+        return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=dict(ENV, MASTER_PORT=str(free_port()), **env),
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _finish(proc, log) -> str:
+    assert proc.wait(timeout=600) == 0, log.read_text()[-6000:]
+    return log.read_text()
+
+
+def _kill_when(proc, log, text: str) -> None:
+    """SIGKILL ``proc`` and every process it started as soon as ``text`` appears in its log."""
+    while proc.poll() is None and text not in log.read_text():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f'finished before {text!r}:\n{log.read_text()[-3000:]}'
+
+
+def _newest(work) -> tuple:
+    """(step, path) of the newest checkpoint in ``work``."""
+    return max((int(re.search(r'(\d+)', p.name).group(1)), p) for p in work.glob('*_*.pth'))
+
+
+def _assert_same(a, b, where=''):
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f'{where}[{i}]')
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def _assert_bitwise_equal(ref_file, cut_file):
+    ref, cut = load_run_checkpoint(ref_file), load_run_checkpoint(cut_file)
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        _assert_same(ref[key], cut[key], key)
+    for key in ('epoch', 'iter', 'seed', 'rng_states'):
+        _assert_same(ref['meta'][key], cut['meta'][key], f'meta.{key}')
+    assert any(k.startswith('backbone.') for k in ref['state_dict']) and ref['optimizer']['state']
+
+
+def _train(task, config, data, work, *options):
+    return [PY, ROOT / f'{task}/train.py', ROOT / config, '--data-root', data, '--work-dir', work,
+            '--cfg-options', *(SEG if task == 'segmentation' else DET), *options]
+
+
+@pytest.mark.slow
+def test_segmentation_killed_while_saving_anywhere_and_torn_resumes_bitwise(tmp_path):
+    """Iteration loop, 1 process: killed while writing checkpoint k (max_keep_ckpts=1), resumed and
+    SIGKILLed at a random later iteration, newest checkpoint truncated, resumed to the end."""
+    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
+    ref_work, work = tmp_path / 'ref', tmp_path / 'cut'
+    k = random.randint(2, ITERS - 2)
+    ref = _start(_train('segmentation', FPN, data, ref_work, 'default_hooks.checkpoint.max_keep_ckpts=1'),
+                 tmp_path / 'ref.log')
+
+    log = tmp_path / 'cut1.log'
+    torn = _start([PY, '-c', TEAR_SAVE, *_train('segmentation', FPN, data, work,
+                                               'default_hooks.checkpoint.max_keep_ckpts=1')[1:]], log, TEAR_SAVE=str(k))
+    assert torn.wait(timeout=600) == -signal.SIGKILL, log.read_text()[-3000:]
+    previous = work / f'iter_{k - 1}.pth'
+    assert sorted(p.name for p in work.glob('*.pth')) == [previous.name]  # older removed only after it was whole
+    assert (work / 'last_checkpoint').read_text() == str(previous)
+    [unfinished] = work.glob(f'.iter_{k}.pth.*.tmp')
+
+    log = tmp_path / 'cut2.log'
+    j = random.randint(k + 1, ITERS - 1)
+    cut = _start(_train('segmentation', FPN, data, work, 'default_hooks.checkpoint.max_keep_ckpts=2') + ['--resume'],
+                 log)
+    _kill_when(cut, log, f'Iter(train) [{j}/{ITERS}]')
+    text = log.read_text()
+    assert f'removing {unfinished}' in text and f'resumed epoch: 0, iter: {k - 1}' in text
+    step, newest = _newest(work)
+    size = newest.stat().st_size // 2
+    os.truncate(newest, size)
+
+    log = tmp_path / 'cut3.log'
+    text = _finish(_start(_train('segmentation', FPN, data, work) + ['--resume'], log), log)
+    assert f'warning: resume: skipping cannot read checkpoint {newest} ({size} bytes): truncated' in text
+    assert f'resumed epoch: 0, iter: {step - 1}' in text and f'Iter(train) [{step - 1}/{ITERS}]' not in text
+    _finish(ref, tmp_path / 'ref.log')
+    _assert_bitwise_equal(ref_work / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
+
+
+@pytest.mark.slow
+def test_detection_killed_at_random_iteration_resumes_bitwise(tmp_path):
+    """Epoch loop, 1 process, validation after every epoch: SIGKILL inside epoch 2 or 3, resume."""
+    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'coco'
+    ref = _start(_train('detection', RETINANET, data, tmp_path / 'ref'), tmp_path / 'ref.log')
+    log, work = tmp_path / 'cut.log', tmp_path / 'cut'
+    i = random.randint(3, ITERS - 1)
+    cut = _start(_train('detection', RETINANET, data, work), log)
+    _kill_when(cut, log, f'Epoch(train) [{(i + 1) // 2}][{(i - 1) % 2 + 1}/2]')
+    epoch, _ = _newest(work)
+    text = _finish(_start(_train('detection', RETINANET, data, work) + ['--resume'], log), log)
+    assert f'resumed epoch: {epoch}, iter: {2 * epoch}' in text
+    _finish(ref, tmp_path / 'ref.log')
+    _assert_bitwise_equal(tmp_path / 'ref' / f'epoch_{ITERS // 2}.pth', work / f'epoch_{ITERS // 2}.pth')
+
+
+@pytest.mark.slow
+def test_two_processes_killed_at_random_iteration_resume_bitwise(tmp_path):
+    """dist_segmentation.sh, 2 CPU processes (gloo): SIGKILL to all of them, resume."""
+    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
+
+    def launch(work, *args):
+        return ['bash', ROOT / 'dist_segmentation.sh', FPN, 2, data, '--work-dir', work, '--cfg-options', *SEG, *args]
+    _finish(_start(launch(tmp_path / 'ref'), tmp_path / 'ref.log'), tmp_path / 'ref.log')
+    log, work = tmp_path / 'cut.log', tmp_path / 'cut'
+    cut = _start(launch(work), log)
+    _kill_when(cut, log, f'Iter(train) [{random.randint(2, ITERS - 1)}/{ITERS}]')
+    step, _ = _newest(work)
+    text = _finish(_start(launch(work, '--resume'), log), log)  # --resume after --cfg-options' values
+    assert f'resumed epoch: 0, iter: {step}' in text
+    _assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
+
+
+def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
+    data = make_shapes(tmp_path / 'shapes', num_train=1, num_val=1, size=(64, 64)) / 'ade'
+    work = tmp_path / 'work'
+    work.mkdir()
+    for step in (2, 4):
+        (work / f'iter_{step}.pth').write_bytes(b'PK\x03\x04 torn')
+    args = [str(ROOT / FPN), '--data-root', str(data), '--work-dir', str(work)]
+    assert main('segmentation', 'train', args + ['--resume']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    for line, step in zip(err, (4, 2)):  # newest first, each named with its size
+        assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / f"iter_{step}.pth"} '
+                               f'(9 bytes): truncated'), line
+    assert len(err) == 3 and err[2].startswith(f'error: no checkpoint of {work} loads (2 tried, the newest: ')
+    assert main('segmentation', 'train', args + ['--resume', str(work / 'iter_2.pth')]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f'error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')

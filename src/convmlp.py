@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-__all__ = ['ConvMLP', 'convmlp_s', 'convmlp_m', 'convmlp_l', 'MIN_INPUT_SIZE']
+__all__ = ['ConvMLP', 'convmlp_s', 'convmlp_m', 'convmlp_l', 'MIN_INPUT_SIZE', 'ARCHS', 'ABLATION']
 
 MIN_INPUT_SIZE = 32
 
@@ -135,11 +135,17 @@ class ConvTokenizer(nn.Module):
         return x
 
 
-class ConvStage(nn.Module):
-    """Residual 1x1-3x3-1x1 bottlenecks, then a 3x3/2 conv: (B, C, H, W) -> (B, d0, H/2, W/2)."""
+def conv_downsample(dim_in: int, dim_out: int) -> nn.Conv2d:
+    """The release's downsampling: 3x3/2 conv, (B, C, H, W) -> (B, C', ceil(H/2), ceil(W/2))."""
+    return nn.Conv2d(dim_in, dim_out, 3, stride=2, padding=1)
 
-    def __init__(self, num_blocks: int = 2, embed_dim_in: int = 64, hidden_dim: int = 128,
-                 embed_dim_out: int = 128):
+
+class ConvStage(nn.Module):
+    """Residual 1x1-3x3-1x1 bottlenecks, then ``downsample``: (B, C, H, W) -> (B, d0, H/2, W/2).
+
+    With ``num_blocks=0`` (the ablation's conv stage switched off) it is its downsampling alone."""
+
+    def __init__(self, num_blocks: int, embed_dim_in: int, hidden_dim: int, downsample: nn.Module):
         super().__init__()
         self.conv_blocks = nn.ModuleList([
             nn.Sequential(
@@ -147,7 +153,7 @@ class ConvStage(nn.Module):
                 *conv_bn_relu(hidden_dim, hidden_dim, 3),
                 *conv_bn_relu(hidden_dim, embed_dim_in, 1),
             ) for _ in range(num_blocks)])
-        self.downsample = nn.Conv2d(embed_dim_in, embed_dim_out, 3, stride=2, padding=1)
+        self.downsample = downsample
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +173,47 @@ def nchw_view(x: torch.Tensor) -> torch.Tensor:
 def nhwc_view(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W, C) view (no copy; contiguous when ``x`` is channels_last)."""
     return x.permute(0, 2, 3, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad a (B, C, H, W) map at the bottom and right to H and W divisible by ``multiple``."""
+    return F.pad(x, [0, (-x.shape[3]) % multiple, 0, (-x.shape[2]) % multiple])
+
+
+class PatchEmbed(nn.Module):
+    """The ablation's tokenizer: each non-overlapping 4x4 patch mapped linearly to C channels, then
+    LayerNorm: (B, in_chans, H, W) -> (B, C, ceil(H/4), ceil(W/4)). The input is zero-padded to a multiple
+    of 4, so the output has the conv tokenizer's shape at every input size."""
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 64, patch_size: int = 4):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    @property
+    def first_conv(self) -> nn.Conv2d:
+        return self.proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(pad_to_multiple(x, self.patch_size))
+        return nchw_view(self.norm(nhwc_view(x)))
+
+
+class PatchMerge(nn.Module):
+    """The ablation's non-convolutional downsampling: each 2x2 neighbourhood concatenated (4C channels),
+    LayerNorm, Linear without bias to C': (B, C, H, W) -> (B, C', ceil(H/2), ceil(W/2)) (odd sizes
+    zero-padded, so shapes match the 3x3/2 conv's)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim_in)
+        self.reduction = nn.Linear(4 * dim_in, dim_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nhwc_view(pad_to_multiple(x, 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return nchw_view(self.reduction(self.norm(x)))
 
 
 def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -200,15 +247,18 @@ class Mlp(nn.Module):
 
 
 class ConvMLPBlock(nn.Module):
-    """MLP, depthwise 3x3 conv (no residual around it), MLP: (B, H, W, C) -> (B, H, W, C)."""
+    """MLP, depthwise 3x3 conv (no residual around it), MLP: (B, H, W, C) -> (B, H, W, C).
 
-    def __init__(self, dim: int, mlp_ratio: float = 1., drop_path_rate: float = 0.):
+    ``connect=False`` (the ablation) drops the depthwise conv and its LayerNorm: two channel MLPs with
+    their norms and residuals, nothing spatial."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 1., drop_path_rate: float = 0., connect: bool = True):
         super().__init__()
         hidden_dim = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
         self.channel_mlp1 = Mlp(dim, hidden_dim)
-        self.connect_norm = nn.LayerNorm(dim)
-        self.connect = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        self.connect_norm = nn.LayerNorm(dim) if connect else nn.Identity()
+        self.connect = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False) if connect else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.channel_mlp2 = Mlp(dim, hidden_dim)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
@@ -221,14 +271,15 @@ class ConvMLPBlock(nn.Module):
 
 
 class ConvDownsample(nn.Module):
-    """3x3/2 conv between stages on channels-last tensors: (B, H, W, C) -> (B, H/2, W/2, C')."""
+    """The release's 3x3/2 conv between MLP stages (its own module, for the checkpoint's
+    ``downsample_mlp.downsample`` keys): (B, C, H, W) -> (B, C', H/2, W/2)."""
 
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.downsample = nn.Conv2d(dim_in, dim_out, 3, stride=2, padding=1)
+        self.downsample = conv_downsample(dim_in, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nhwc_view(self.downsample(nchw_view(x)))
+        return self.downsample(x)
 
 
 class ConvMLPStage(nn.Module):
@@ -237,19 +288,24 @@ class ConvMLPStage(nn.Module):
     NCHW in and out (so module outputs are feature maps for hooks and fx extraction); the blocks and the
     downsample run on the channels-last view of the same memory."""
 
-    def __init__(self, num_blocks: int, dim: int, dim_out: Optional[int], mlp_ratio: float,
-                 drop_path_rate: float):
+    def __init__(self, num_blocks: int, dim: int, downsample: nn.Module, mlp_ratio: float,
+                 drop_path_rate: float, connect: bool = True):
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, num_blocks).tolist()
-        self.blocks = nn.ModuleList([ConvMLPBlock(dim, mlp_ratio, rate) for rate in rates])
-        self.downsample_mlp = ConvDownsample(dim, dim_out) if dim_out is not None else nn.Identity()
+        rates = torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist()
+        self.blocks = nn.ModuleList([ConvMLPBlock(dim, mlp_ratio, rate, connect) for rate in rates])
+        self.downsample_mlp = downsample
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nhwc_view(x)
         for block in self.blocks:
             x = checkpointed(block, x) if not torch.jit.is_scripting() and self.grad_checkpointing else block(x)
-        return nchw_view(self.downsample_mlp(x))
+        return self.downsample_mlp(nchw_view(x))
+
+
+TOKENIZERS = {'conv': ConvTokenizer, 'patch': PatchEmbed}
+# downsample switch -> (after the conv stage, between MLP stages); modules of the release's key layout
+DOWNSAMPLES = {'conv': (conv_downsample, ConvDownsample), 'patch_merge': (PatchMerge, PatchMerge)}
 
 
 class ConvMLP(nn.Module):
@@ -263,6 +319,14 @@ class ConvMLP(nn.Module):
 
     ``drop_rate`` is dropout before the classifier, ``drop_path_rate`` stochastic depth per stage (timm's
     names); ``in_chans`` the input channels (pretrained 3-channel weights are adapted on load).
+
+    The paper's ablation, each switch defaulting to the release (whose state-dict keys it keeps):
+      * ``tokenizer``: ``'conv'`` (three conv-BN-ReLU and a max-pool) or ``'patch'`` (:class:`PatchEmbed`);
+      * ``conv_stage``: the conv bottlenecks on, or off (the tokenizer's map goes to the first MLP stage
+        through the downsampling alone: strides and widths stay 4/8/16/32 and C/d0/d1/d2);
+      * ``downsample``: ``'conv'`` (3x3/2 convs) or ``'patch_merge'`` (:class:`PatchMerge`), everywhere;
+      * ``connect``: the depthwise 3x3 conv in each block, on or off.
+    All four off is the Pure-MLP baseline (:data:`ABLATION`).
     """
 
     def __init__(
@@ -278,8 +342,15 @@ class ConvMLP(nn.Module):
             drop_path_rate: float = 0.1,
             in_chans: int = 3,
             global_pool: str = 'avg',
+            tokenizer: str = 'conv',
+            conv_stage: bool = True,
+            downsample: str = 'conv',
+            connect: bool = True,
     ):
         super().__init__()
+        for name, value, choices in (('tokenizer', tokenizer, TOKENIZERS), ('downsample', downsample, DOWNSAMPLES)):
+            if value not in choices:
+                raise ValueError(f'ConvMLP {name} must be one of {sorted(choices)}; got {value!r}')
         if in_chans < 1:
             raise ValueError(f'ConvMLP needs at least one input channel; got in_chans={in_chans}')
         if global_pool not in ('avg', ''):
@@ -296,12 +367,14 @@ class ConvMLP(nn.Module):
         self.drop_path_rate = drop_path_rate
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.tokenizer = ConvTokenizer(in_chans, embed_dim=channels)
-        self.conv_stages = ConvStage(n_conv_blocks, embed_dim_in=channels, hidden_dim=dims[0],
-                                     embed_dim_out=dims[0])
+        self.tokenizer = TOKENIZERS[tokenizer](in_chans, embed_dim=channels)
+        stem_downsample, stage_downsample = DOWNSAMPLES[downsample]
+        self.conv_stages = ConvStage(n_conv_blocks if conv_stage else 0, channels, dims[0],
+                                     stem_downsample(channels, dims[0]))
         self.stages = nn.ModuleList([
-            ConvMLPStage(blocks[i], dims[i], dims[i + 1] if i + 1 < len(dims) else None, mlp_ratios[i],
-                         drop_path_rate)
+            ConvMLPStage(blocks[i], dims[i],
+                         stage_downsample(dims[i], dims[i + 1]) if i + 1 < len(dims) else nn.Identity(),
+                         mlp_ratios[i], drop_path_rate, connect)
             for i in range(len(blocks))])
         self.norm = nn.LayerNorm(dims[-1]) if classifier_head else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
@@ -485,3 +558,36 @@ def convmlp_l(pretrained: Union[bool, str] = False, progress: bool = False, num_
     """ConvMLP-L (42.7M params, 9.9G MACs at 224); ``pretrained`` as for :func:`convmlp_s`."""
     return _create('convmlp_l', pretrained, progress, num_classes=num_classes,
                    classifier_head=classifier_head, **kwargs)
+
+
+# The paper's ablation, from the Pure-MLP baseline to ConvMLP: row -> switches of :class:`ConvMLP`, each
+# row adding one step to the row before; the last step (+ depthwise conv) is ConvMLP itself. Reading of
+# the text (README, "Ablation"): "conv stage" brings the conv tokenizer with it.
+ABLATION = {
+    'pure_mlp': dict(tokenizer='patch', conv_stage=False, downsample='patch_merge', connect=False),
+    'conv_stage': dict(tokenizer='conv', conv_stage=True, downsample='patch_merge', connect=False),
+    'conv_downsample': dict(tokenizer='conv', conv_stage=True, downsample='conv', connect=False),
+}
+ABLATION_TITLES = {'pure_mlp': 'Pure-MLP baseline', 'conv_stage': '+ conv stage',
+                   'conv_downsample': '+ conv downsampling', '': '+ depthwise conv (ConvMLP)'}
+
+
+def _ablation_factory(arch: str, row: str) -> Callable[..., ConvMLP]:
+    """``{arch}_{row}(pretrained=False, progress=False, **kwargs)``: the ablation row ``row`` at the size of
+    ``arch``; ``kwargs`` override any switch (or other argument) of :class:`ConvMLP`."""
+    def factory(pretrained: Union[bool, str] = False, progress: bool = False, **kwargs) -> ConvMLP:
+        if pretrained is True:
+            raise ValueError(f'no released weights for {arch}_{row} (an ablation row): pass pretrained=PATH '
+                             f'of your own checkpoint, or pretrained=False')
+        return _create(arch, pretrained, progress, **{**ABLATION[row], **kwargs})
+
+    factory.__name__ = factory.__qualname__ = f'{arch}_{row}'
+    factory.__doc__ = (f'{ABLATION_TITLES[row]} at the size of {arch} (ablation row: '
+                       f'{", ".join(f"{k}={v!r}" for k, v in ABLATION[row].items())}). ``pretrained``: a local '
+                       f'path or URL of a checkpoint of this row; ``kwargs`` override any ConvMLP argument.')
+    return factory
+
+
+ABLATION_MODELS = {f'{arch}_{row}': _ablation_factory(arch, row) for arch in ARCHS for row in ABLATION}
+globals().update(ABLATION_MODELS)
+__all__ += list(ABLATION_MODELS)

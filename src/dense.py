@@ -39,17 +39,22 @@ class DenseConvMLP(ConvMLP, BaseModule):
     Args:
         arch: key of :data:`src.convmlp.ARCHS` (set by the registered subclasses).
         drop_path_rate: stochastic depth of the MLP stages (per stage, linearly from 0).
+        tokenizer, conv_stage, downsample, connect: the ablation's switches of :class:`~src.convmlp.ConvMLP`
+            (defaults: the release); e.g. the Pure-MLP baseline is ``tokenizer='patch', conv_stage=False,
+            downsample='patch_merge', connect=False``. Every setting gives the four maps at strides 4..32.
         init_cfg: ``None`` (random init) or ``dict(type='Pretrained', checkpoint=...)`` where checkpoint
             is a zoo name, URL or local path; without ``checkpoint``, the release's ImageNet weights of
             this variant (``CONVMLP_WEIGHTS_BASE`` points them at a mirror).
     """
     arch: str = 'convmlp_s'
 
-    def __init__(self, drop_path_rate: float = 0.1, init_cfg: Optional[dict] = None):
+    def __init__(self, drop_path_rate: float = 0.1, tokenizer: str = 'conv', conv_stage: bool = True,
+                 downsample: str = 'conv', connect: bool = True, init_cfg: Optional[dict] = None):
         if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
             raise ValueError(f"{type(self).__name__} supports init_cfg=None or dict(type='Pretrained', "
                              f'checkpoint=...); got {init_cfg}')
-        super().__init__(**ARCHS[self.arch], classifier_head=False, drop_path_rate=drop_path_rate)
+        super().__init__(**ARCHS[self.arch], classifier_head=False, drop_path_rate=drop_path_rate,
+                         tokenizer=tokenizer, conv_stage=conv_stage, downsample=downsample, connect=connect)
         self.init_cfg = dict(init_cfg) if init_cfg is not None else None
         self.out_channels = tuple(f['num_chs'] for f in self.feature_info)
 

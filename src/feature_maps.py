@@ -37,9 +37,9 @@ def convmlp_stage_maps(model: nn.Module, image: torch.Tensor) -> List[StageMap]:
     hooks = [model.tokenizer.register_forward_hook(lambda m, i, o: captured.append(('tokenizer', o))),
              model.conv_stages.downsample.register_forward_pre_hook(
                  lambda m, i: captured.append(('conv stage', i[0])))]
-    for n, stage in enumerate(model.stages):  # channels-last (B, H, W, C) inside the MLP stages
+    for n, stage in enumerate(model.stages):
         hooks.append(stage.downsample_mlp.register_forward_pre_hook(
-            lambda m, i, n=n: captured.append((f'ConvMLP stage {n + 1}', i[0].permute(0, 3, 1, 2)))))
+            lambda m, i, n=n: captured.append((f"ConvMLP stage {n + 1}", i[0]))))
     try:
         model.eval()(image)
     finally:

@@ -1,0 +1,148 @@
+"""The paper's ablation as models (issue 14): switches, parameter counts written out from the layer
+shapes, every row's shapes and gradients, timm, mmdet/mmseg backbones, and the release's headless output."""
+import itertools
+import re
+
+import pytest
+import timm
+import torch
+
+import src.classification  # noqa: F401  registers the models
+from src import convmlp
+from src.convmlp import ABLATION, ARCHS, ConvMLP
+
+ROWS = {**{row: ABLATION[row] for row in ABLATION}, 'convmlp': {}}
+SWITCH_VALUES = dict(tokenizer=('conv', 'patch'), conv_stage=(True, False), downsample=('conv', 'patch_merge'),
+                     connect=(True, False))
+DEFAULTS = dict(tokenizer='conv', conv_stage=True, downsample='conv', connect=True)
+# the state-dict keys each switch may change, and nothing else
+SWITCH_KEYS = dict(tokenizer=r'tokenizer\.', conv_stage=r'conv_stages\.conv_blocks\.',
+                   downsample=r'(conv_stages\.downsample|stages\.\d+\.downsample_mlp)\.',
+                   connect=r'stages\.\d+\.blocks\.\d+\.connect(_norm)?\.')
+
+
+def expected_params(arch: str, tokenizer: str, conv_stage: bool, downsample: str, connect: bool,
+                    num_classes: int = 1000) -> int:
+    """Parameters counted from the layer shapes of REPRODUCTION §1 and the ablation's modules."""
+    a = ARCHS[arch]
+    c, dims = a['channels'], a['dims']
+
+    def conv_bn(cin, cout, k):  # conv without bias, BN weight and bias
+        return cin * cout * k * k + 2 * cout
+
+    def down(cin, cout):  # 3x3/2 conv with bias | LayerNorm(4 cin) + Linear(4 cin, cout) without bias
+        return cin * cout * 9 + cout if downsample == 'conv' else 2 * 4 * cin + 4 * cin * cout
+
+    if tokenizer == 'conv':
+        n = conv_bn(3, c // 2, 3) + conv_bn(c // 2, c // 2, 3) + conv_bn(c // 2, c, 3)
+    else:  # 4x4 patch -> c with bias, LayerNorm(c)
+        n = 3 * 16 * c + c + 2 * c
+    if conv_stage:
+        d0 = dims[0]
+        n += a['n_conv_blocks'] * (conv_bn(c, d0, 1) + conv_bn(d0, d0, 3) + conv_bn(d0, c, 1))
+    n += down(c, dims[0])
+    for i, (blocks, d, ratio) in enumerate(zip(a['blocks'], dims, a['mlp_ratios'])):
+        hidden = int(d * ratio)
+        block = 2 * 2 * d + 2 * (d * hidden + hidden + hidden * d + d)  # norm1, norm2, two MLPs
+        if connect:
+            block += 2 * d + 9 * d  # connect_norm, depthwise 3x3 without bias
+        n += blocks * block
+        if i + 1 < len(dims):
+            n += down(d, dims[i + 1])
+    return n + 2 * dims[-1] + dims[-1] * num_classes + num_classes
+
+
+def n_params(build, *args, **kwargs) -> int:
+    """Parameters of ``build(*args, **kwargs)``, built on the meta device (no memory, no init)."""
+    with torch.device('meta'):
+        return sum(p.numel() for p in build(*args, **kwargs).parameters())
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_every_switch_combination_has_the_params_counted_by_hand(arch):
+    for values in itertools.product(*SWITCH_VALUES.values()):
+        switches = dict(zip(SWITCH_VALUES, values))
+        assert n_params(ConvMLP, **ARCHS[arch], **switches) == expected_params(arch, **switches), switches
+
+
+def test_named_rows_are_the_papers_steps():
+    """Pure-MLP baseline = all four off; each row adds one step; the release defaults are ConvMLP."""
+    assert ABLATION['pure_mlp'] == dict(tokenizer='patch', conv_stage=False, downsample='patch_merge', connect=False)
+    assert ABLATION['conv_stage'] == dict(ABLATION['pure_mlp'], tokenizer='conv', conv_stage=True)
+    assert ABLATION['conv_downsample'] == dict(ABLATION['conv_stage'], downsample='conv')
+    assert dict(ABLATION['conv_downsample'], connect=True) == DEFAULTS
+    for arch in ARCHS:
+        for row, switches in ABLATION.items():
+            assert n_params(getattr(convmlp, f'{arch}_{row}')) == expected_params(arch, **switches)
+        assert n_params(getattr(convmlp, arch)) == expected_params(arch, **DEFAULTS)
+
+
+@pytest.mark.parametrize('switch', SWITCH_VALUES)
+def test_each_switch_changes_exactly_the_modules_it_names(switch):
+    other = SWITCH_VALUES[switch][1]
+    with torch.device('meta'):
+        default = {k: tuple(v.shape) for k, v in ConvMLP(**ARCHS['convmlp_s']).state_dict().items()}
+        changed = {k: tuple(v.shape) for k, v in ConvMLP(**ARCHS['convmlp_s'], **{switch: other}).state_dict().items()}
+    differ = set(default.items()) ^ set(changed.items())
+    assert differ
+    assert all(re.match(SWITCH_KEYS[switch], k) for k, _ in differ), sorted(differ)[:5]
+
+
+def test_bad_switch_value_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"tokenizer must be one of \['conv', 'patch'\]; got 'patchify'"):
+        ConvMLP(**ARCHS['convmlp_s'], tokenizer='patchify')
+    with pytest.raises(ValueError, match='no released weights for convmlp_s_pure_mlp'):
+        convmlp.convmlp_s_pure_mlp(pretrained=True)
+
+
+@pytest.mark.parametrize('name', sorted(convmlp.ABLATION_MODELS))
+def test_every_row_odd_size_forward_backward_and_features_only(name):
+    torch.manual_seed(0)
+    model = getattr(convmlp, name)(num_classes=5)
+    x = torch.randn(2, 3, 97, 131)
+    model(x).logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    chans = [c for c in (model.feature_info[i]['num_chs'] for i in range(4))]
+    feats = timm.create_model(name, features_only=True).eval()
+    with torch.no_grad():
+        maps = feats(torch.randn(1, 3, 97, 131))
+    assert [tuple(m.shape) for m in maps] == [(1, c, -(-97 // s), -(-131 // s))
+                                            for c, s in zip(chans, (4, 8, 16, 32))]
+
+
+def test_timm_rows_take_switch_overrides():
+    model = timm.create_model('convmlp_s_pure_mlp', connect=True, num_classes=3)
+    assert isinstance(model.stages[0].blocks[0].connect, torch.nn.Conv2d)
+    assert isinstance(model.tokenizer, convmlp.PatchEmbed) and model.num_classes == 3
+
+
+def release_headless_forward(model: ConvMLP, x: torch.Tensor) -> torch.Tensor:
+    """The release's ``forward`` with ``classifier_head=False``, written out the release's way: NCHW
+    tokenizer and conv stage, permute, blocks on (B, H, W, C) with nn.Linear MLPs, downsample convs on
+    permuted copies; returns the last stage's (B, H/32, W/32, C) map."""
+    x = model.tokenizer.block(x)
+    for block in model.conv_stages.conv_blocks:
+        x = x + block(x)
+    x = model.conv_stages.downsample(x).permute(0, 2, 3, 1)
+    for stage in model.stages:
+        for blk in stage.blocks:
+            mlp1, mlp2 = blk.channel_mlp1, blk.channel_mlp2
+            x = x + mlp1.fc2(mlp1.act(mlp1.fc1(blk.norm1(x))))
+            x = blk.connect(blk.connect_norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            x = x + mlp2.fc2(mlp2.act(mlp2.fc1(blk.norm2(x))))
+        if not isinstance(stage.downsample_mlp, torch.nn.Identity):
+            x = stage.downsample_mlp.downsample(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return x
+
+
+def test_classifier_head_false_returns_what_the_release_returned():
+    torch.manual_seed(0)
+    model = convmlp.convmlp_s(classifier_head=False).eval()
+    assert 'norm.weight' not in model.state_dict() and 'head.weight' not in model.state_dict()
+    x = torch.randn(2, 3, 224, 192)
+    with torch.no_grad():
+        out = model(x)
+        want = release_headless_forward(model, x)
+    assert out.shape == want.shape == (2, 7, 6, 512)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert [tuple(m.shape) for m in model.forward_dense(x)][-1] == (2, 512, 7, 6)

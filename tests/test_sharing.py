@@ -65,6 +65,23 @@ def test_hub_load_random_local_file_and_release(ref, tmp_path, http_server, hub_
     assert torch.equal(_logits(model), _logits(ref))
 
 
+def test_hub_entries_beside_another_src_package(ref, monkeypatch, tmp_path):
+    """A user's own ``src`` package already imported: the hub loads this clone's under a private name."""
+    import sys
+    import types
+    other = types.ModuleType('src')
+    other.__file__ = str(tmp_path / 'src' / '__init__.py')
+    monkeypatch.setitem(sys.modules, 'src', other)
+    try:
+        model = torch.hub.load(str(ROOT), 'convmlp_s', source='local')
+        assert type(model).__module__ == '_convmlp_hub_src.convmlp' and sys.modules['src'] is other
+        model.load_state_dict(ref.state_dict())
+        assert torch.equal(_logits(model), _logits(ref))
+    finally:
+        for name in [n for n in sys.modules if n.startswith('_convmlp_hub_src')]:
+            del sys.modules[name]
+
+
 # ---- safetensors wherever a checkpoint is read ----------------------------------------------------
 def test_safetensors_file_and_url_everywhere(ref, tmp_path, http_server, hub_dir):
     from src.train.state import load_weights

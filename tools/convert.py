@@ -33,7 +33,8 @@ from src.atomic import atomic_save  # noqa: E402
 from src.cli import fail  # noqa: E402
 from src.convmlp import ARCHS, ConvMLP  # noqa: E402
 from src.markdown import table  # noqa: E402
-from src.weights import CheckpointError, fetch, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict  # noqa: E402
+from src.weights import (CheckpointError, fetch, load_checkpoint_file, state_dict_mismatch,  # noqa: E402
+                         unwrap_state_dict)
 
 CITATION = """@article{li2021convmlp,
   title   = {ConvMLP: Hierarchical Convolutional MLPs for Vision},

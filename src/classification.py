@@ -49,7 +49,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ConvMLP:
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
     if not switches:
         overlay.setdefault('url', zoo.weight_url(arch))  # read at call time: CONVMLP_WEIGHTS_BASE applies
-    if pretrained and 'state_dict' not in overlay:
+    cfg = kwargs.get('pretrained_cfg')
+    external = isinstance(cfg, dict) and cfg.get('source') in ('local-dir', 'hf-hub')  # timm reads these itself
+    if pretrained and not external and 'state_dict' not in overlay:
         source = overlay.pop('file', None) or overlay.get('url')
         if not source:
             raise ValueError(f'no released weights for {variant} (an ablation row): pass '

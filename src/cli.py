@@ -12,7 +12,7 @@ from typing import NoReturn, Tuple
 
 from torch import nn
 
-from .convmlp import ARCHS
+from .convmlp import ABLATION_MODELS, ARCHS
 from .weights import CheckpointError, load_pretrained
 
 __all__ = ['fail', 'parse_size', 'add_model_args', 'build_model']
@@ -41,7 +41,8 @@ def parse_size(text: str) -> Tuple[int, int]:
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--model`` (a ConvMLP variant), and the weights: released ImageNet weights by default,
     ``--checkpoint`` (local path, URL or zoo name) or ``--random``."""
-    parser.add_argument('--model', default='convmlp_s', choices=sorted(ARCHS), help='ConvMLP variant')
+    parser.add_argument('--model', default='convmlp_s', choices=sorted([*ARCHS, *ABLATION_MODELS]),
+                        help='ConvMLP variant, or an ablation row (no released weights: --checkpoint or --random)')
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument('--checkpoint', metavar='PATH',
                          help='weights: a local checkpoint, a URL or a zoo name (default: the released '
@@ -61,6 +62,10 @@ def build_model(args: argparse.Namespace, fallback_to_random: bool = False, need
     model = getattr(convmlp, args.model)(**kwargs)
     if args.random:
         return model.eval(), 'random init'
+    if args.model in ABLATION_MODELS and args.checkpoint is None:
+        if fallback_to_random:
+            return model.eval(), 'random init (an ablation row has no released weights)'
+        fail(f'{args.model} is an ablation row without released weights: pass --checkpoint PATH or --random')
     source = args.checkpoint or args.model
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -146,3 +146,21 @@ def test_classifier_head_false_returns_what_the_release_returned():
     assert out.shape == want.shape == (2, 7, 6, 512)
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
     assert [tuple(m.shape) for m in model.forward_dense(x)][-1] == (2, 512, 7, 6)
+
+
+def test_complexity_tool_ablation_table(monkeypatch, capsys):
+    """tools/complexity.py --ablation: one row per step with the params counted by hand (S only here)."""
+    from conftest import ROOT
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('complexity', ROOT / 'tools' / 'complexity.py')
+    complexity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(complexity)
+    monkeypatch.setattr(complexity.zoo, 'VARIANTS', ('convmlp_s',))
+    assert complexity.main(['--ablation']) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ConvMLP-S')]
+    assert [r.split(' | ')[1] for r in rows] == ['Pure-MLP baseline', '+ conv stage', '+ conv downsampling',
+                                                 '+ depthwise conv (ConvMLP)']
+    for r, (row, switches) in zip(rows, [*ABLATION.items(), ('', DEFAULTS)]):
+        assert f"| {expected_params('convmlp_s', **switches) / 1e6:.2f}M |" in r
+    assert rows[0].endswith('| 4x4 patch | no | patch merge | no | 7.79M | 0.92G |')
+    assert rows[-1].endswith('| conv | yes | 3x3/2 conv | yes | 9.02M | 2.40G |')

@@ -164,9 +164,6 @@ def test_timm_folder_holds_config_weights_and_card(run_folders):
     assert "(top-1 93.00 on the run's held-out set after epoch 3)" in (folders[''] / 'README.md').read_text()
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError, reason=(
-    "src/classification._create loads the release URL whatever the source: it should leave timm's "
-    "local-dir / hf-hub sources to timm (2-line fix proposed to the lead)"))
 def test_timm_local_dir_round_trip(run_folders, hub_dir, monkeypatch, tmp_path):
     import timm
     monkeypatch.setenv(zoo.BASE_ENV, str(tmp_path))  # no release download, whatever happens
@@ -176,7 +173,7 @@ def test_timm_local_dir_round_trip(run_folders, hub_dir, monkeypatch, tmp_path):
     for flag, out in folders.items():
         loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
         assert torch.equal(_logits(loaded), _logits(weights[flag])), flag
-        assert timm.data.resolve_data_config(model=loaded)['input_size'] == (3, 64, 64)
+        assert tuple(timm.data.resolve_data_config(model=loaded)['input_size']) == (3, 64, 64)
 
 
 def test_timm_folder_from_release_file_finds_variant(ref, tmp_path):

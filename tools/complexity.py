@@ -5,6 +5,7 @@
     python tools/complexity.py --model convmlp_l --num-classes 100
     python tools/complexity.py --model resnet50                 # any timm model
     python tools/complexity.py --skip-dense                     # without the mmdet / mmseg models
+    python tools/complexity.py --ablation                       # every row of the ablation, S/M/L
 
 MACs are counted as fvcore counts them (src/flops.py; one multiply-add = 1, BatchNorm and LayerNorm
 included). The paper's figure is marked ✓ when the measurement rounds to it, ✓ 2-step when it does after
@@ -67,7 +68,7 @@ def _build(name: str, num_classes: Optional[int]) -> nn.Module:
     """A ConvMLP variant (src/convmlp.py) or any timm model, random weights."""
     from src import convmlp
     kwargs = {} if num_classes is None else dict(num_classes=num_classes)
-    if name in convmlp.ARCHS:
+    if name in convmlp.ARCHS or name in convmlp.ABLATION_MODELS:
         return getattr(convmlp, name)(**kwargs)
     import timm
     import src.classification  # noqa: F401  registers convmlp_* in timm (e.g. *_classification aliases)
@@ -205,6 +206,31 @@ def paper_table(skip_dense: bool = False) -> str:
     return out + legend + ('\n\n' + '\n'.join(f'- {n}' for n in notes) if notes else '')
 
 
+ABLATION_HEADERS = ['Model', 'Ablation row', 'Name', 'Tokenizer', 'Conv stage', 'Downsampling', 'Depthwise conv',
+                    'Params', 'MACs @224']
+
+
+def ablation_table() -> str:
+    """Params and MACs at 224x224 (1000 classes) of every row of the ablation, S, M and L, in one table:
+    the Pure-MLP baseline, + conv stage, + conv downsampling, + depthwise conv (ConvMLP)."""
+    import inspect
+
+    from src.convmlp import ABLATION, ABLATION_TITLES, ConvMLP
+    release = {k: p.default for k, p in inspect.signature(ConvMLP).parameters.items() if k in ABLATION['pure_mlp']}
+    words = {('tokenizer', 'conv'): 'conv', ('tokenizer', 'patch'): '4x4 patch', ('downsample', 'conv'): '3x3/2 conv',
+             ('downsample', 'patch_merge'): 'patch merge'}
+    rows = []
+    for arch in zoo.VARIANTS:
+        for row in (*ABLATION, ''):
+            name = f'{arch}_{row}' if row else arch
+            switches = ABLATION.get(row, release)
+            params, macs = measure(_build(name, None), (224, 224))
+            rows.append([zoo.NAMES[arch], ABLATION_TITLES[row], f'`{name}`',
+                         *(words.get((k, v), 'yes' if v is True else 'no') for k, v in switches.items()),
+                         _fmt(params / 1e6, 2, 'M'), _fmt(macs / 1e9, 2, 'G')])
+    return table(ABLATION_HEADERS, rows, 'lllllllrr')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', action='append', metavar='NAME',
@@ -215,11 +241,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='classifier classes for --model (default: the model\'s own, 1000)')
     parser.add_argument('--skip-dense', action='store_true',
                         help='leave out the detection / segmentation models (no mmdet / mmseg needed)')
+    parser.add_argument('--ablation', action='store_true',
+                        help='params and MACs at 224 of every row of the ablation, S/M/L, in one table')
     args = parser.parse_args(argv)
     if args.num_classes is not None and args.num_classes < 0:
         fail(f'--num-classes must be >= 0, got {args.num_classes}')
     try:
-        if args.model:
+        if args.ablation:
+            print(ablation_table())
+        elif args.model:
             print(table(HEADERS, [model_row(m, args.img_size, args.num_classes) for m in args.model], ALIGN))
         else:
             print(paper_table(args.skip_dense))

@@ -2,6 +2,7 @@
 shapes, every row's shapes and gradients, timm, mmdet/mmseg backbones, and the release's headless output."""
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -11,7 +12,7 @@ import src.classification  # noqa: F401  registers the models
 from src import convmlp
 from src.convmlp import ABLATION, ARCHS, ConvMLP
 
-ROWS = {**{row: ABLATION[row] for row in ABLATION}, 'convmlp': {}}
+ROOT_CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'classification'
 SWITCH_VALUES = dict(tokenizer=('conv', 'patch'), conv_stage=(True, False), downsample=('conv', 'patch_merge'),
                      connect=(True, False))
 DEFAULTS = dict(tokenizer='conv', conv_stage=True, downsample='conv', connect=True)
@@ -164,3 +165,26 @@ def test_complexity_tool_ablation_table(monkeypatch, capsys):
         assert f"| {expected_params('convmlp_s', **switches) / 1e6:.2f}M |" in r
     assert rows[0].endswith('| 4x4 patch | no | patch merge | no | 7.79M | 0.92G |')
     assert rows[-1].endswith('| conv | yes | 3x3/2 conv | yes | 9.02M | 2.40G |')
+
+
+def test_classification_model_kwargs_from_config_and_command_line(tmp_path, capsys):
+    """A config's model_kwargs mapping sets any switch; --model-kwargs KEY=VALUE overrides its keys; a
+    keyword the model does not take is one error line, exit 2."""
+    from classification_helpers import make_image_folder
+    from src.train.config import parse_args
+    from src.train.run import _create_model, main
+    config = tmp_path / 'row.yml'
+    config.write_text('_base_: ' + str(ROOT_CONFIGS / 'convmlp_s_pure_mlp_imagenet.yml') +
+                      '\nmodel_kwargs: {connect: true, tokenizer: patch}\n')
+    args, _ = parse_args(['-c', str(config), '--model-kwargs', 'tokenizer=conv', 'drop_rate=0.2'])
+    assert args.model == 'convmlp_s_pure_mlp' and args.lr == 5e-4
+    assert args.model_kwargs == dict(connect=True, tokenizer='conv', drop_rate=0.2)
+    model = _create_model(args, num_classes=3)
+    assert isinstance(model.tokenizer, convmlp.ConvTokenizer) and isinstance(model.stages[0].blocks[0].connect,
+                                                                            torch.nn.Conv2d)
+    assert isinstance(model.stages[0].downsample_mlp, convmlp.PatchMerge) and model.head_drop.p == 0.2
+    data = make_image_folder(tmp_path / 'data')
+    assert main([str(data), '--model', 'convmlp_s', '--model-kwargs', 'tokenizer=pixels', '--output',
+                 str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer must be one of ['conv', 'patch']; got 'pixels'" in err[0]

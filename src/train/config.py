@@ -31,6 +31,20 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
 BOOL = argparse.BooleanOptionalAction  # every switch a config can turn on, --no-X turns off
 
 
+class KeywordArgs(argparse.Action):
+    """``KEY=VALUE ...`` into a dict (values parsed as YAML: ``False``, ``0.1``, ``patch``), merged over the
+    default (a config's mapping), as timm train.py's ``--model-kwargs``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = dict(getattr(namespace, self.dest) or {})
+        for item in values:
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                parser.error(f'{option_string} takes KEY=VALUE pairs, got {item!r}')
+            kwargs[key.replace('-', '_')] = yaml.safe_load(value)
+        setattr(namespace, self.dest, kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='classification.py', description='Train or evaluate an image classifier (ConvMLP or any timm model).')
@@ -49,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group('model')
     g.add_argument('--model', default='convmlp_s', help='any timm model name (convmlp_s/m/l included)')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=KeywordArgs, metavar='KEY=VALUE',
+                   help='more arguments of the model, e.g. connect=False tokenizer=patch (values read as YAML; '
+                        "a config's model_kwargs: {...} mapping, with these keys overriding it)")
     g.add_argument('--pretrained', action=BOOL, default=False, help='start from the pretrained weights (head dropped '
                    'when --num-classes differs)')
     g.add_argument('--initial-checkpoint', default='', help='start from these weights (path, URL or zoo name)')

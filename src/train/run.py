@@ -58,7 +58,7 @@ def _build_model(args, num_classes: int):
         kwargs['drop_rate'] = args.drop
     if args.drop_path is not None:
         kwargs['drop_path_rate'] = args.drop_path
-    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    model = _create_model(args, pretrained=args.pretrained, **kwargs)
     if args.initial_checkpoint:
         load_weights(model, args.initial_checkpoint)
     return model
@@ -292,10 +292,22 @@ def train(args, device, rank, world) -> int:
     return 0
 
 
+def _create_model(args, **kwargs):
+    """``timm.create_model(args.model, **kwargs)`` with ``--model-kwargs`` (a config's ``model_kwargs``) on
+    top; a keyword the model does not take, or a value it refuses, is a UsageError."""
+    import timm
+    extra = args.model_kwargs or {}
+    if not isinstance(extra, dict):
+        raise UsageError(f'model_kwargs must be a mapping of argument: value, got {extra!r}')
+    try:
+        return timm.create_model(args.model, **{**kwargs, **extra})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f'model {args.model} with model_kwargs {extra}: {e}') from None
+
+
 def _build_model_probe(args):
     """A model only to read its pretrained config (input size, mean/std); cheap: no weights loaded."""
-    import timm
-    return timm.create_model(args.model, pretrained=False, num_classes=args.num_classes or 1000)
+    return _create_model(args, pretrained=False, num_classes=args.num_classes or 1000)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

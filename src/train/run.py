@@ -52,7 +52,6 @@ def _seed_everything(seed: int) -> None:
 
 
 def _build_model(args, num_classes: int):
-    import timm
     kwargs = dict(num_classes=num_classes)
     if args.drop:
         kwargs['drop_rate'] = args.drop

@@ -188,3 +188,49 @@ def test_classification_model_kwargs_from_config_and_command_line(tmp_path, caps
                  str(tmp_path / 'out')]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tokenizer must be one of ['conv', 'patch']; got 'pixels'" in err[0]
+
+
+def _train_step(config: str, scope: str, data: dict) -> dict:
+    """One optimizer step of ``config``'s model (built as configured) on ``data``; returns the losses."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(str(ROOT_CONFIGS.parents[1] / config))
+    init_default_scope(scope)
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    model = registry.build(cfg.model)
+    model.init_weights()
+    assert isinstance(model.backbone.tokenizer, convmlp.PatchEmbed) and len(model.backbone.conv_stages.conv_blocks) == 0
+    with torch.no_grad():
+        maps = model.backbone(torch.randn(1, 3, 97, 131))
+    assert [m.shape[-2:] for m in maps] == [(-(-97 // s), -(-131 // s)) for s in (4, 8, 16, 32)]
+    before = model.backbone.tokenizer.proj.weight.detach().clone()
+    losses = model.train_step(data, build_optim_wrapper(model, cfg.optim_wrapper))
+    assert all(torch.isfinite(v).all() for v in losses.values())
+    assert not torch.equal(model.backbone.tokenizer.proj.weight, before)  # the step reached the backbone
+    return losses
+
+
+def test_mmdet_config_with_pure_mlp_backbone_trains_a_step():
+    pytest.importorskip('mmdet')
+    from mmdet.testing import demo_mm_inputs
+    data = demo_mm_inputs(batch_size=2, image_shapes=[(3, 96, 128), (3, 128, 96)], num_items=[3, 2],
+                          num_classes=80)
+    losses = _train_step('configs/detection/retinanet_convmlp_s_pure_mlp_fpn_1x_coco.py', 'mmdet', data)
+    assert {'loss_cls', 'loss_bbox'} <= set(losses)
+
+
+def test_mmseg_config_with_pure_mlp_backbone_trains_a_step():
+    pytest.importorskip('mmseg')
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    torch.manual_seed(0)
+    inputs, samples = [], []
+    for h, w in ((96, 128), (128, 96)):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w)))
+        samples.append(sample)
+    losses = _train_step('configs/segmentation/fpn_convmlp_s_pure_mlp_512x512_40k_ade20k.py', 'mmseg',
+                         dict(inputs=inputs, data_samples=samples))
+    assert 'decode.loss_ce' in losses

@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-fast demo ablation-study
+.PHONY: install test test-fast demo transfer ablation-study
 install:
 	@VENV=$(VENV) bash tools/install.sh
 
@@ -25,3 +25,9 @@ demo: install
 ABLATION_ARGS ?=
 ablation-study: install
 	$(PY) tools/ablation_study.py $(ABLATION_ARGS)
+
+# transfer in miniature (tools/transfer.py): pretrain ConvMLP-S on generated shape crops, then RetinaNet-S,
+# Mask R-CNN-S and Semantic FPN-S from that backbone and from scratch on generated scenes, 2 CPU processes;
+# refreshes the README's table and docs/transfer_*.png. Finished steps are reused on a second run.
+transfer: install
+	$(PY) tools/transfer.py --out work_dirs/transfer --data data/transfer --docs docs --readme README.md

@@ -12,10 +12,20 @@ Semantic labels follow ADE20K's ``reduce_zero_label`` convention: 0 = "unlabelle
 outline around every shape, ignored after reduction), 1 = background, 2/3/4 = circle/square/triangle,
 i.e. classes 0..3 = (background, circle, square, triangle) after reduction.
 
+With ``crops`` (the miniature of ImageNet pretraining, ``tools/transfer.py``), every object of *other*
+scenes (their own random streams: never the detection/segmentation scenes) is also cut out into a
+classification ImageFolder, train and held-out crops from different scenes::
+
+    ROOT/cls/{train,validation}/{circle,square,triangle}/000000.png
+
+A crop is the square around the object's box, 1.2-1.6 times its size with the centre jittered, kept
+inside the scene (so neighbours and the noisy background show), resized to ``crop_size`` px.
+
 Every file is written crash-safely (:mod:`src.atomic`); the annotation json of a split is written last,
-so a split with its json present is complete.
+so a split with its json present is complete; a crop folder is complete once ``cls/.complete`` exists.
 
     python -m src.shapes data/shapes --train 64 --val 16 --size 128x96
+    python -m src.shapes data/transfer --train 256 --val 64 --crops 1500 400 --crop-size 64
 """
 from __future__ import annotations
 
@@ -33,12 +43,15 @@ from PIL import Image, ImageDraw
 
 from .atomic import atomic_write
 
-__all__ = ['CLASSES', 'SEG_CLASSES', 'make_shapes', 'make_scene']
+__all__ = ['CLASSES', 'SEG_CLASSES', 'PALETTE', 'make_shapes', 'make_scene', 'make_crops']
 
 CLASSES = ('circle', 'square', 'triangle')
 SEG_CLASSES = ('background',) + CLASSES
 PALETTE = [(220, 20, 60), (0, 130, 200), (255, 180, 0)]
 SPLITS = (('train', 'train2017', 'training'), ('val', 'val2017', 'validation'))
+CROP_SPLITS = ('train', 'validation')
+RADIUS = (0.08, 0.22)     # circumradius of a shape, as a fraction of the scene's shorter side
+OBJECTS = (1, 4)          # objects per scene (at most; fewer if they do not fit without overlap)
 
 
 def _polygon(kind: int, cx: float, cy: float, r: float, angle: float) -> List[Tuple[float, float]]:
@@ -48,19 +61,21 @@ def _polygon(kind: int, cx: float, cy: float, r: float, angle: float) -> List[Tu
             for i in range(n)]
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int):
+def make_scene(rng: np.random.Generator, width: int, height: int, radius: Tuple[float, float] = RADIUS,
+               objects: Tuple[int, int] = OBJECTS):
     """One scene: (RGB uint8 image (H, W, 3), semantic label (H, W) uint8, instances).
 
-    ``instances`` is a list of (class index 0..2, polygon [(x, y), ...], binary mask (H, W))."""
+    ``instances`` is a list of (class index 0..2, polygon [(x, y), ...], binary mask (H, W)); ``radius``
+    is the range of circumradii (fraction of the shorter side), ``objects`` the range of objects tried."""
     base = rng.integers(40, 216, size=3)
     img = np.clip(base + rng.normal(0, 12, size=(height, width, 3)), 0, 255).astype(np.uint8)
     canvas = Image.fromarray(img)
     label = Image.new('L', (width, height), 1)
     draw, draw_label = ImageDraw.Draw(canvas), ImageDraw.Draw(label)
     instances, placed = [], []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
         for _attempt in range(20):
-            r = float(rng.uniform(0.08, 0.22) * min(width, height))
+            r = float(rng.uniform(*radius) * min(width, height))
             cx, cy = float(rng.uniform(r + 1, width - r - 1)), float(rng.uniform(r + 1, height - r - 1))
             if all(math.hypot(cx - x, cy - y) > r + s + 3 for x, y, s in placed):
                 break
@@ -94,19 +109,23 @@ def _coco_annotation(ann_id: int, image_id: int, kind: int, poly, mask: np.ndarr
 
 
 def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, int] = (128, 96),
-                seed: int = 0, overwrite: bool = False) -> Path:
+                seed: int = 0, overwrite: bool = False, radius: Tuple[float, float] = RADIUS,
+                objects: Tuple[int, int] = OBJECTS, crops: Tuple[int, int] = (0, 0), crop_size: int = 64) -> Path:
     """Write the dataset under ``root`` (see module docstring); returns ``root`` as a Path.
 
-    Deterministic for a given seed; ``size`` is (width, height), each at least 32. An existing
-    ``root/coco`` or ``root/ade`` is an error (stale images would join the new set) unless
-    ``overwrite``, which deletes those two folders first."""
+    Deterministic for a given seed; ``size`` is (width, height), each at least 32; ``radius`` and
+    ``objects`` as in :func:`make_scene`. ``crops`` = (train, held-out) *scene* counts for the
+    classification crops of :func:`make_crops` (0, 0: none). An existing ``root/coco``, ``root/ade`` or
+    ``root/cls`` is an error (stale images would join the new set) unless ``overwrite``, which deletes
+    those folders first."""
     width, height = size
     if width < 32 or height < 32:
         raise ValueError(f'shapes images need width and height >= 32; got {width}x{height}')
     if num_train < 1 or num_val < 1:
         raise ValueError(f'need at least one train and one val image; got {num_train} and {num_val}')
+    _check_layout(radius, objects)
     root = Path(root)
-    for layout in (root / 'coco', root / 'ade'):
+    for layout in (root / 'coco', root / 'ade') + ((root / 'cls',) if any(crops) else ()):
         if layout.exists():
             if not overwrite:
                 raise FileExistsError(f'{layout} exists (stale files would mix in)')
@@ -116,7 +135,7 @@ def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, i
     for (split, coco_dir, ade_dir), count in zip(SPLITS, (num_train, num_val)):
         images, annotations = [], []
         for index in range(count):
-            img, label, instances = make_scene(rng, width, height)
+            img, label, instances = make_scene(rng, width, height, radius, objects)
             name, image_id = f'{index:06d}', index + 1
             _write_image(root / 'coco' / coco_dir / f'{name}.jpg', img, 'JPEG')
             _write_image(root / 'ade' / 'images' / ade_dir / f'{name}.jpg', img, 'JPEG')
@@ -126,6 +145,64 @@ def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, i
                 annotations.append(_coco_annotation(len(annotations) + 1, image_id, kind, poly, mask))
         with atomic_write(root / 'coco' / 'annotations' / f'instances_{coco_dir}.json', 'w') as f:
             json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+    if any(crops):
+        make_crops(root / 'cls', crops[0], crops[1], size, seed, crop_size, radius, objects)
+    return root
+
+
+def _check_layout(radius: Tuple[float, float], objects: Tuple[int, int]) -> None:
+    if not 0 < radius[0] <= radius[1] <= 0.45:
+        raise ValueError(f'radius range must satisfy 0 < low <= high <= 0.45 (fraction of the shorter side); '
+                         f'got {radius[0]}-{radius[1]}')
+    if not 1 <= objects[0] <= objects[1]:
+        raise ValueError(f'objects range must satisfy 1 <= low <= high; got {objects[0]}-{objects[1]}')
+
+
+def crop_box(rng: np.random.Generator, poly, width: int, height: int) -> Tuple[int, int, int, int]:
+    """A square (x0, y0, x1, y1) around ``poly``'s box: side 1.2-1.6 x the box's longer side (at most the
+    scene's shorter side), centre jittered by up to 10% of the side, shifted to lie inside the scene."""
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    side = max(max(xs) - min(xs), max(ys) - min(ys)) * float(rng.uniform(1.2, 1.6))
+    side = int(round(min(side, width, height)))
+    cx = (max(xs) + min(xs)) / 2 + float(rng.uniform(-0.1, 0.1)) * side
+    cy = (max(ys) + min(ys)) / 2 + float(rng.uniform(-0.1, 0.1)) * side
+    x0 = int(round(min(max(cx - side / 2, 0), width - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), height - side)))
+    return x0, y0, x0 + side, y0 + side
+
+
+def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128, 96), seed: int = 0,
+               crop_size: int = 64, radius: Tuple[float, float] = RADIUS, objects: Tuple[int, int] = OBJECTS) -> Path:
+    """Every object of ``num_train`` (``num_val``) new scenes cropped into ``root/train/CLASS/`` (``root/
+    validation/CLASS/``) as ``crop_size`` px PNGs; returns ``root``. The scenes come from the random
+    streams (seed, 1) and (seed, 2), disjoint from :func:`make_shapes`' own (seed). ``root/.complete`` is
+    written last."""
+    width, height = size
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f'need crops of at least one train and one held-out scene; got {num_train} and {num_val}')
+    if crop_size < 32:
+        raise ValueError(f'crop size must be at least 32 px (ConvMLP needs 32); got {crop_size}')
+    _check_layout(radius, objects)
+    root = Path(root)
+    counts = {}
+    for stream, (split, count) in enumerate(zip(CROP_SPLITS, (num_train, num_val)), start=1):
+        rng = np.random.default_rng([seed, stream])
+        index = 0
+        per_class = [0] * len(CLASSES)
+        for _ in range(count):
+            img, _label, instances = make_scene(rng, width, height, radius, objects)
+            scene = Image.fromarray(img)
+            for kind, poly, _mask in instances:
+                crop = scene.crop(crop_box(rng, poly, width, height)).resize((crop_size, crop_size), Image.BICUBIC)
+                _write_image(root / split / CLASSES[kind] / f'{index:06d}.png', np.asarray(crop), 'PNG')
+                index += 1
+                per_class[kind] += 1
+        missing = [CLASSES[k] for k, n in enumerate(per_class) if n == 0]
+        if missing:
+            raise ValueError(f'{count} {split} scenes gave no {", ".join(missing)}: generate more scenes')
+        counts[split] = per_class
+    with atomic_write(root / '.complete', 'w') as f:
+        json.dump(dict(classes=list(CLASSES), counts=counts, size=list(size), crop_size=crop_size, seed=seed), f)
     return root
 
 
@@ -137,6 +214,17 @@ def _size(text: str) -> Tuple[int, int]:
     return w, h
 
 
+def _range(kind):
+    def parse(text: str):
+        try:
+            low, high = (kind(v) for v in text.split('-'))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected MIN-MAX like {"1-4" if kind is int else "0.1-0.3"}; '
+                                             f'got {text!r}') from None
+        return low, high
+    return parse
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='python -m src.shapes', description=__doc__.split('\n\n')[0])
     p.add_argument('root', help='output folder (gets coco/ and ade/ subfolders)')
@@ -144,10 +232,19 @@ def main(argv=None) -> int:
     p.add_argument('--val', type=int, default=16, help='number of validation scenes')
     p.add_argument('--size', type=_size, default=(128, 96), help='image WIDTHxHEIGHT (default 128x96)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--overwrite', action='store_true', help='replace ROOT/coco and ROOT/ade if they exist')
+    p.add_argument('--objects', type=_range(int), default=OBJECTS, metavar='MIN-MAX',
+                   help='objects tried per scene (default 1-4)')
+    p.add_argument('--radius', type=_range(float), default=RADIUS, metavar='MIN-MAX',
+                   help='shape circumradius as a fraction of the shorter side (default 0.08-0.22)')
+    p.add_argument('--crops', type=int, nargs=2, default=(0, 0), metavar=('TRAIN', 'VAL'),
+                   help='also write ROOT/cls: the objects of TRAIN (VAL) other scenes as a classification '
+                        'ImageFolder (default: none)')
+    p.add_argument('--crop-size', type=int, default=64, help='side of the classification crops in px (default 64)')
+    p.add_argument('--overwrite', action='store_true', help='replace ROOT/coco, ROOT/ade (and ROOT/cls) if they exist')
     args = p.parse_args(argv)
     try:
-        root = make_shapes(args.root, args.train, args.val, args.size, args.seed, args.overwrite)
+        root = make_shapes(args.root, args.train, args.val, args.size, args.seed, args.overwrite, args.radius,
+                           args.objects, tuple(args.crops), args.crop_size)
     except FileExistsError as e:
         print(f'error: {e.args[0]}: choose another folder, or pass --overwrite to delete it', file=sys.stderr)
         return 2
@@ -155,7 +252,8 @@ def main(argv=None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(f'wrote {args.train} train + {args.val} val scenes: COCO layout in {root / "coco"}, '
-          f'ADE20K layout in {root / "ade"}')
+          f'ADE20K layout in {root / "ade"}' + (f'; crops of {args.crops[0]} + {args.crops[1]} other scenes '
+                                               f'in {root / "cls"}' if any(args.crops) else ''))
     return 0
 
 

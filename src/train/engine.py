@@ -61,11 +61,15 @@ def _all_reduce_sum(values, device) -> torch.Tensor:
 def train_one_epoch(model, loader, optimizer, loss_fn, pos: Position, steps: int, *, device, autocast,
                     scheduler, mixup=None, ema=None, scaler=None, clip_grad: Optional[float] = None,
                     unreadable: UnreadableLog, log_interval: int = 50,
-                    on_step: Optional[Callable[[Position], None]] = None) -> float:
+                    on_step: Optional[Callable[[Position], None]] = None, num_epochs: int = 0) -> float:
     """Train from ``pos.step`` to the end of epoch ``pos.epoch``; returns the mean training loss of the
-    whole epoch over all processes. ``on_step(pos)`` runs after every optimizer step (recovery saves)."""
+    whole epoch over all processes. ``on_step(pos)`` runs after every optimizer step (recovery saves).
+    Every ``log_interval`` steps one line: position, loss, lr, time per step, images per second (all
+    processes) and the time left in the epoch and (given ``num_epochs``) the run."""
     model.train()
     tic = time.time()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    seen = 0
     for images, targets, bad in loader:
         unreadable(bad)
         if images is not None and mixup is not None and len(images) % 2:
@@ -87,6 +91,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, pos: Position, steps: int
                 optimizer.step()
             pos.loss_sum += loss.item() * len(images)
             pos.loss_count += len(images)
+            seen += len(images)
         pos.num_updates += 1
         pos.step += 1
         scheduler.step_update(num_updates=pos.num_updates)
@@ -94,14 +99,24 @@ def train_one_epoch(model, loader, optimizer, loss_fn, pos: Position, steps: int
             ema.update(getattr(model, 'module', model), step=pos.num_updates)
         if log_interval and (pos.step % log_interval == 0 or pos.step == steps):
             lr = optimizer.param_groups[0]['lr']
-            rate = (time.time() - tic) / max(1, pos.step % log_interval or log_interval)
-            _log.info(f'epoch {pos.epoch + 1} step {pos.step}/{steps} loss {pos.loss_sum / max(1, pos.loss_count):.4f} '
-                      f'lr {lr:.3e} {rate:.3f} s/step')
-            tic = time.time()
+            elapsed = time.time() - tic
+            rate = elapsed / max(1, pos.step % log_interval or log_interval)
+            eta = rate * (steps - pos.step)
+            run_eta = f', run {_hms(eta + rate * steps * (num_epochs - pos.epoch - 1))}' if num_epochs else ''
+            epochs = f'/{num_epochs}' if num_epochs else ''
+            _log.info(f'epoch {pos.epoch + 1}{epochs} step {pos.step}/{steps} ({100 * pos.step / steps:.0f}%) loss '
+                      f'{pos.loss_sum / max(1, pos.loss_count):.4f} lr {lr:.3e} {rate:.3f} s/step '
+                      f'{seen * world / max(elapsed, 1e-9):.1f} img/s ETA epoch {_hms(eta)}{run_eta}')
+            tic, seen = time.time(), 0
         if on_step is not None:
             on_step(pos)
     total, count = _all_reduce_sum([pos.loss_sum, pos.loss_count], device).tolist()
     return total / max(1., count)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 @torch.no_grad()

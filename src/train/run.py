@@ -215,6 +215,8 @@ def train(args, device, rank, world) -> int:
             model, device_ids=[device.index] if device.type == 'cuda' else None)
 
     files = CheckpointFiles(run_dir, keep=args.keep_checkpoints)
+    names = getattr(train_set, 'classes', None)  # an ImageFolder's class folders, in index order
+    class_names = [str(c) for c in names] if names and len(names) == num_classes else None
     args_dict = {k: v for k, v in vars(args).items()}
 
     def snapshot() -> dict:
@@ -222,7 +224,8 @@ def train(args, device, rank, world) -> int:
         if world > 1:
             rngs = [None] * world
             dist.all_gather_object(rngs, rng_state())
-        return dict(format=FORMAT, arch=args.model, num_classes=num_classes, state_dict=state_dict_of(model),
+        return dict(format=FORMAT, arch=args.model, num_classes=num_classes, classes=class_names,
+                    state_dict=state_dict_of(model),
                     state_dict_ema=state_dict_of(ema.module) if ema is not None else None,
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict() if scaler is not None else None, position=pos.state_dict(),
@@ -262,7 +265,7 @@ def train(args, device, rank, world) -> int:
         train_loss = train_one_epoch(
             train_model, loader, optimizer, loss_fn, pos, steps, device=device, autocast=autocast,
             scheduler=scheduler, mixup=mixup, ema=ema, scaler=scaler, clip_grad=args.clip_grad,
-            unreadable=unreadable, log_interval=args.log_interval, on_step=on_step)
+            unreadable=unreadable, log_interval=args.log_interval, on_step=on_step, num_epochs=num_epochs)
         lr = optimizer.param_groups[0]['lr']
         metrics = evaluate(model, val_loader, device=device, autocast=autocast, unreadable=unreadable)
         row = dict(epoch=epoch + 1, train_loss=round(train_loss, 6), eval_loss=round(metrics['eval_loss'], 6),

@@ -9,9 +9,10 @@ previous file intact)::
     best.pth.tar           the epoch checkpoint with the best top-1
 
 A checkpoint holds model, EMA, optimizer, scheduler and scaler states, the position (``epoch`` = epochs
-done, ``step`` = steps done in the next one), every process's RNG states, the summary rows so far and the
-arguments. It is made of tensors and plain Python values only, so it loads with ``weights_only=True``
-(through :func:`src.weights.load_checkpoint_file`, which reports a truncated file with its path and size).
+done, ``step`` = steps done in the next one), every process's RNG states, the summary rows so far, the
+class names (an ImageFolder's folders) and the arguments. It is made of tensors and plain Python values
+only, so it loads with ``weights_only=True`` (through :func:`src.weights.load_checkpoint_file`, which
+reports a truncated file with its path and size).
 """
 from __future__ import annotations
 

@@ -1,0 +1,13 @@
+"""Pictures of a detection model's predictions, drawn by mmdet's DetInferencer; see `--help`.
+
+    python detection/demo.py CONFIG CHECKPOINT IMAGE... [--out DIR]
+"""
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, not this folder
+
+from src.demo_cli import main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(main('detection'))

@@ -1,0 +1,13 @@
+"""Pictures of a segmentation model's predictions, drawn by mmseg's MMSegInferencer; see `--help`.
+
+    python segmentation/demo.py CONFIG CHECKPOINT IMAGE... [--out DIR]
+"""
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, not this folder
+
+from src.demo_cli import main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(main('segmentation'))

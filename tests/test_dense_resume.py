@@ -2,12 +2,14 @@
 SIGKILL in the middle of writing a checkpoint, a truncated newest checkpoint, then ``--resume``: the run
 ends with weights, optimizer and scheduler states (and RNG states) bitwise equal to the run never
 interrupted, with the shipped models' dropout and drop path on and validation between checkpoints."""
+import contextlib
 import os
 import random
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,11 +66,28 @@ def _finish(proc, log) -> str:
     return log.read_text()
 
 
+def _process_tree(pid: int) -> list:
+    """``pid`` and its descendants (torchrun starts its workers in sessions of their own)."""
+    children = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            children.setdefault(int(stat.read_text().rsplit(')', 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # a process that just ended
+            continue
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
 def _kill_when(proc, log, text: str) -> None:
     """SIGKILL ``proc`` and every process it started as soon as ``text`` appears in its log."""
-    while proc.poll() is None and text not in log.read_text():
+    while proc.poll() is None and text not in log.read_text(errors='replace'):
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in _process_tree(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f'finished before {text!r}:\n{log.read_text()[-3000:]}'
 

@@ -188,7 +188,8 @@ def plot_curves(rows: Sequence[Dict], path: Path, title: str) -> None:
         f.write(buf.getvalue())
 
 
-def write_outputs(runs: Sequence[Run], rows: Sequence[Dict], out: Path, header: Sequence[str], title: str) -> Dict[str, Path]:
+def write_outputs(runs: Sequence[Run], rows: Sequence[Dict], out: Path, header: Sequence[str],
+                  title: str) -> Dict[str, Path]:
     """``runs.csv``, ``ablation_study.{md,csv,png}`` in ``out``; returns their paths by suffix."""
     paths = dict(md=out / 'ablation_study.md', csv=out / 'ablation_study.csv', png=out / 'ablation_study.png',
                  runs=out / 'runs.csv')

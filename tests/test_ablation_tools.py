@@ -3,7 +3,6 @@ ablation) and the small study (tools/ablation_study.py), end to end on tiny sett
 import csv
 import importlib.util
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +65,8 @@ def test_study_end_to_end_two_rows(tiny_digits, tmp_path, capsys):
     assert int(rows['pure_mlp']['params']) == count_params(convmlp_s_pure_mlp(num_classes=10))
     assert int(rows['convmlp']['params']) == count_params(convmlp_s(num_classes=10))
     assert round(int(rows['convmlp']['macs_224']) / 1e9, 3) == 2.399  # the paper's 2.4G (10-class head)
-    assert int(rows['convmlp']['img_size']) == 32 and 0 < int(rows['convmlp']['macs']) < int(rows['convmlp']['macs_224'])
+    assert int(rows['convmlp']['img_size']) == 32
+    assert 0 < int(rows['convmlp']['macs']) < int(rows['convmlp']['macs_224'])
     for r in rows.values():
         assert r['seeds'] == '0' and r['epochs'] == '1' and r['top1_std'] == ''  # one seed: no spread
         assert 0 <= float(r['top1_mean']) <= 100 and float(r['wall_s_mean']) > 0
@@ -142,10 +142,12 @@ def test_ablation_figure_end_to_end(tmp_path, capsys, monkeypatch):
     assert visualize.main(['--figure', 'ablation', '--random', '--img-size', '64', '--out', str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     labels = [label for label, _ in drawn['rows']]
-    assert [label.split('\n')[0] for label in labels] == ['ResNet-50', 'MLP-Mixer-B/16', 'Pure-MLP baseline', 'ConvMLP-M']
+    assert [label.split('\n')[0] for label in labels] == [
+        'ResNet-50', 'MLP-Mixer-B/16', 'Pure-MLP baseline', 'ConvMLP-M']
     assert all('random init' in label for label in labels) and '(ConvMLP-M size)' in labels[2]
     names = [[name.split('\n')[0] for name, _ in maps] for _, maps in drawn['rows']]
-    assert names == [['layer1', 'layer2', 'layer3', 'layer4'], ['block 3/12', 'block 6/12', 'block 9/12', 'block 12/12'],
+    assert names == [['layer1', 'layer2', 'layer3', 'layer4'],
+                     ['block 3/12', 'block 6/12', 'block 9/12', 'block 12/12'],
                      ['tokenizer', 'MLP stage 1', 'MLP stage 2', 'MLP stage 3'],
                      ['conv stage', 'ConvMLP stage 1', 'ConvMLP stage 2', 'ConvMLP stage 3']]
     sizes = [[m.shape[1] for _, m in maps] for _, maps in drawn['rows']]

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.ablation_study import ARCH_CHOICES, NOTE, ROWS, aggregate, read_run_args, run_study, write_outputs  # noqa: E402
+from src.ablation_study import (ARCH_CHOICES, NOTE, ROWS, aggregate, read_run_args, run_study,  # noqa: E402
+                                write_outputs)
 from src.cli import fail  # noqa: E402
 
 DEFAULT_DATA = Path('data/digits')
@@ -92,7 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         '',
         f'- data: `{args.data}` ({n_train} train / {n_val} held-out images, {classes} classes, '
         f'{run_args["img_size"]} px); config `{args.config.name}` ({args.epochs} epochs, batch '
-        f'{run_args["batch_size"]}, {run_args["opt"]} lr {run_args["lr"]}); seeds {", ".join(map(str, range(args.seeds)))}',
+        f'{run_args["batch_size"]}, {run_args["opt"]} lr {run_args["lr"]}); '
+        f'seeds {", ".join(map(str, range(args.seeds)))}',
         '- top-1: held-out top-1 (%) after the last epoch, mean ± sample std over the seeds; params and MACs of '
         f'the trained models ({classes}-class head), MACs as fvcore counts them',
         f'- wall time: one run (training and evaluation), CPU {cpu_isa()}, {os.cpu_count()} cores, '

@@ -214,3 +214,25 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
     assert main('segmentation', 'train', args + ['--resume', str(work / 'iter_2.pth')]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f'error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')
+
+
+def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):
+    from src.mmrun import parse_args, prepare_config
+    data = make_shapes(tmp_path / 'shapes', num_train=1, num_val=1, size=(64, 64)) / 'ade'
+    work = tmp_path / 'work'
+
+    def config():
+        args = parse_args('segmentation', 'train', [str(ROOT / FPN), '--data-root', str(data), '--work-dir', str(work),
+                                                    '--resume'])
+        return prepare_config(args, 'segmentation', 'train')
+    cfg = config()  # nothing to resume yet: a new run
+    assert (cfg.resume, cfg.load_from) == (False, None) and 'starting from scratch' in capsys.readouterr().err
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    work.mkdir()
+    for step in (2, 9, 10):  # 10 is newer than 9 (numbers, not names, are compared)
+        torch.save({'meta': {'epoch': 0, 'iter': step, 'seed': step}, 'state_dict': {}}, work / f'iter_{step}.pth')
+    os.truncate(work / 'iter_10.pth', 100)
+    cfg = config()
+    assert (cfg.resume, cfg.load_from, cfg.randomness.seed) == (True, str(work / 'iter_9.pth'), 9)
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / "iter_10.pth"} (100 bytes)')

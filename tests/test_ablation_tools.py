@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT
 from src import ablation_study as study
-from src.convmlp import convmlp_s, convmlp_s_pure_mlp
+from src.convmlp import convmlp_m_pure_mlp, convmlp_s, convmlp_s_pure_mlp
 from src.feature_maps import channel_mosaic, convmlp_stage_maps, evenly_spaced, stage_rows_size_px
 from src.flops import count_params
 
@@ -138,13 +138,20 @@ def test_ablation_figure_end_to_end(tmp_path, capsys, monkeypatch):
         return real(image, rows, k=k, title=title)
 
     monkeypatch.setattr(visualize, 'stage_rows_figure', spy)
-    out = tmp_path / 'fig.png'
-    assert visualize.main(['--figure', 'ablation', '--random', '--img-size', '64', '--out', str(out)]) == 0
+    baseline = convmlp_m_pure_mlp().eval()  # the baseline's weights from a file, the other rows random
+    torch.save(baseline.state_dict(), tmp_path / 'baseline.pth')
+    out = tmp_path / 'figs' / 'fig.png'
+    assert visualize.main(['--figure', 'ablation', '--random', '--img-size', '64', '--out', str(out),
+                           '--baseline-checkpoint', str(tmp_path / 'baseline.pth')]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     labels = [label for label, _ in drawn['rows']]
     assert [label.split('\n')[0] for label in labels] == [
         'ResNet-50', 'MLP-Mixer-B/16', 'Pure-MLP baseline', 'ConvMLP-M']
-    assert all('random init' in label for label in labels) and '(ConvMLP-M size)' in labels[2]
+    assert [label.split('\n')[-1] for label in labels] == [
+        'random init', '(blocks as stages)', 'baseline.pth', 'random init']
+    assert 'random init' in labels[1] and '(ConvMLP-M size)' in labels[2]
+    expected = convmlp_stage_maps(baseline, visualize.to_tensor(visualize.load_image('skimage:chelsea', (64, 64))))
+    torch.testing.assert_close(drawn['rows'][2][1][0][1], expected[0][1])  # the file's weights drew the row
     names = [[name.split('\n')[0] for name, _ in maps] for _, maps in drawn['rows']]
     assert names == [['layer1', 'layer2', 'layer3', 'layer4'],
                      ['block 3/12', 'block 6/12', 'block 9/12', 'block 12/12'],
@@ -160,7 +167,7 @@ def test_ablation_figure_end_to_end(tmp_path, capsys, monkeypatch):
         assert im.size == stage_rows_size_px(rows=4, stages=4) == (900, 750)
         assert np.asarray(im.convert('L'), dtype=np.float32).std() > 10
     assert out.stat().st_size < 400_000
-    assert list(tmp_path.iterdir()) == [out]
+    assert list(out.parent.iterdir()) == [out]
 
 
 @pytest.mark.parametrize('argv, words', [

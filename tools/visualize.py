@@ -119,8 +119,9 @@ def ablation_figure(args, image: np.ndarray):
     ours = []  # first: a bad checkpoint stops the tool before the big timm models are built
     x = to_tensor(image)
     for name, checkpoint in ((f'{model}_pure_mlp', args.baseline_checkpoint), (model, args.checkpoint)):
-        convmlp, weights = build_model(argparse.Namespace(model=name, checkpoint=checkpoint, random=args.random),
-                                       fallback_to_random=True)
+        convmlp, weights = build_model(  # --random: no download; a --baseline-checkpoint given is still read
+            argparse.Namespace(model=name, checkpoint=checkpoint, random=args.random and not checkpoint),
+            fallback_to_random=True)
         label = f'Pure-MLP baseline\n({zoo.NAMES[model]} size)' if name != model else zoo.NAMES[model]
         ours.append((f'{label}\n{_short(weights)}', convmlp_stage_maps(convmlp, x)[-4:]))
     resnet, weights = build_timm('resnet50', args.random)

@@ -14,7 +14,9 @@ baseline its patch tokenizer and three MLP stages), each panel the ``--channels`
 channels. MLP-Mixer has no stages: its columns are four evenly spaced blocks (3, 6, 9, 12) with the tokens
 reshaped to the patch grid (14x14 at 224). Weights: timm's pretrained ResNet-50 and MLP-Mixer when
 reachable, the release's ConvMLP weights when reachable (``--checkpoint`` for others), the baseline's from
-``--baseline-checkpoint``; every row without them has random weights and says so in its label.
+``--baseline-checkpoint``; every row without them has random weights and says so in its label
+(``--random``: no download, all rows random except a ``--baseline-checkpoint`` given). The PNG is saved
+with a 256-colour palette (about 140 KB at 224 px).
 
 The default image is scikit-image's ``chelsea`` (``--image skimage:astronaut`` picks another of its
 samples). Released weights are used when reachable (else random weights, with a note); ``--random``

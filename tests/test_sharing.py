@@ -154,9 +154,9 @@ def test_timm_folder_holds_config_weights_and_card(run_folders):
     pcfg = config['pretrained_cfg']
     assert (pcfg['input_size'], pcfg['crop_pct'], pcfg['mean'], pcfg['interpolation']) == \
         ([3, 64, 64], 1.0, [0.5, 0.5, 0.5], 'bilinear')  # the data config the run evaluated with
-    assert 'url' not in pcfg and pcfg['license'] == 'mit'
+    assert 'url' not in pcfg and pcfg['license'] == 'apache-2.0'
     card = (out / 'README.md').read_text()
-    assert card.startswith('---\n') and 'library_name: timm' in card and 'license: mit' in card
+    assert card.startswith('---\n') and 'library_name: timm' in card and 'license: apache-2.0' in card
     assert "timm.create_model('hf-hub:me/convmlp_s_digits', pretrained=True)" in card
     assert '| ConvMLP-S | 9.0M | 2.4G | 76.8 |' in card and '| CIFAR-10 | 10 | 8.51M | 98.0 |' in card
     assert '(EMA weights)' in card and 'arxiv.org/abs/2109.04454' in card

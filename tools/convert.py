@@ -207,8 +207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    'checkpoint\'s shapes among convmlp_s/m/l)')
     t.add_argument('--ema', action='store_true', help='take the EMA weights of a training checkpoint')
     t.add_argument('--hub-id', help='ORG/NAME it will have on the Hugging Face Hub (for the model card)')
-    t.add_argument('--license', default='mit', help='license of the weights, for the model card (default: mit, '
-                                                    "the release's)")
+    t.add_argument('--license', default='apache-2.0',
+                   help="license of the weights, for the model card (default: apache-2.0, as timm's pretrained "
+                        'configs here say; see the README on licenses)')
     t.set_defaults(run=convert_timm)
     m = sub.add_parser('mm', help='mmdet 2.x / mmseg 0.x checkpoint -> mmdet 3 / mmseg 1 checkpoint')
     m.add_argument('config', help='the model\'s config (configs/detection/... or configs/segmentation/...)')

@@ -160,7 +160,8 @@ def _set_resume(cfg, resume: str) -> None:
                 raise CheckpointError(f'no checkpoint of {cfg.work_dir} loads ({len(errors)} tried, the newest: '
                                       f'{errors[0]}); start anew without --resume')
             if rank0:
-                print(f'resume: no checkpoint in {cfg.work_dir} yet, starting from scratch', file=sys.stderr, flush=True)
+                print(f'resume: no checkpoint in {cfg.work_dir} yet, starting from scratch', file=sys.stderr,
+                      flush=True)
             return
     cfg.resume, cfg.load_from = True, resume
     # the samplers and data workers are seeded before mmengine reads the checkpoint: give them its seed

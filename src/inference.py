@@ -84,7 +84,7 @@ def dense_inferencer(task: str, config: str, checkpoint: Optional[str], device: 
             meta = load_checkpoint_for_test(checkpoint, inferencer.model, task)
         except CheckpointError as e:
             raise InputError(str(e)) from None
-    meta = {**_dataset_meta(cfg), **(meta or {})}
+    meta = {k: v for k, v in {**_dataset_meta(cfg), **(meta or {})}.items() if k in ('classes', 'palette')}
     if 'classes' in meta:
         meta['classes'] = tuple(meta['classes'])
     inferencer.model.dataset_meta = meta

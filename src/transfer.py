@@ -82,6 +82,7 @@ class Settings:
     scenes: Tuple[int, int] = (256, 64)      # train / held-out scenes of the dense models
     crops: Tuple[int, int] = (600, 150)      # train / held-out scenes whose objects become the crops
     size: Tuple[int, int] = (128, 96)        # scene width x height
+    radius: Tuple[float, float] = (0.16, 0.30)   # shape circumradius / shorter side: 31-58 px wide shapes
     crop_size: int = 64
     seed: int = 0
     procs: int = 2
@@ -90,7 +91,7 @@ class Settings:
 
     def data_stamp(self) -> dict:
         return dict(scenes=list(self.scenes), crops=list(self.crops), size=list(self.size),
-                    crop_size=self.crop_size, seed=self.seed)
+                    radius=list(self.radius), crop_size=self.crop_size, seed=self.seed)
 
 
 # A plumbing check for the tests: a handful of 64 px scenes, one or two iterations per run.
@@ -122,15 +123,15 @@ def prepare_data(data: Path, settings: Settings, log: Callable[[str], None]) -> 
         raise TransferError(f'{data} exists and is not a transfer data folder: remove it or pass another --data')
     log(f'data: generating {_describe(stamp)} into {data}')
     make_shapes(data, settings.scenes[0], settings.scenes[1], settings.size, settings.seed,
-                crops=settings.crops, crop_size=settings.crop_size)
+                radius=settings.radius, crops=settings.crops, crop_size=settings.crop_size)
     with atomic_write(stamp_file, 'w') as f:
         json.dump(stamp, f)
     return data
 
 
 def _describe(stamp: dict) -> str:
-    return (f'{stamp["scenes"][0]} + {stamp["scenes"][1]} scenes of {stamp["size"][0]}x{stamp["size"][1]}, '
-            f'crops of {stamp["crops"][0]} + {stamp["crops"][1]} other scenes at {stamp["crop_size"]} px')
+    return (f'{stamp["scenes"][0]} + {stamp["scenes"][1]} scenes of {stamp["size"][0]}x{stamp["size"][1]} '
+            f'(shape radius {stamp["radius"][0]}-{stamp["radius"][1]} of the shorter side), crops of {stamp["crops"][0]} + {stamp["crops"][1]} other scenes at {stamp["crop_size"]} px')
 
 
 def _free_port() -> int:

@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument('--crops', type=_pair, default=d.crops, metavar='TRAIN,VAL',
                    help='scenes whose objects become the classification crops (default 600,150)')
     p.add_argument('--size', type=_size, default=d.size, help='scene WIDTHxHEIGHT (default 128x96)')
+    p.add_argument('--radius', type=float, nargs=2, default=d.radius, metavar=('MIN', 'MAX'),
+                   help='shape circumradius as a fraction of the shorter side (default 0.16 0.30)')
     p.add_argument('--smoke', action='store_true', help='plumbing check: a few 64 px scenes, 1-2 iterations per '
                    'run (numbers meaningless)')
     p.add_argument('--fresh', action='store_true', help='delete OUT\'s earlier runs first (not the data)')
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         fail(f'README to update not found: {args.readme}')
     settings = T.Settings(**{**vars(T.SMOKE), 'dense_options': dict(T.SMOKE.dense_options),
                              'cls_options': list(T.SMOKE.cls_options)}) if args.smoke else \
-        T.Settings(scenes=args.scenes, crops=args.crops, size=args.size)
+        T.Settings(scenes=args.scenes, crops=args.crops, size=args.size, radius=tuple(args.radius))
     settings.procs = args.procs
     data = args.data or (args.out / 'data' if args.smoke else Path('data/transfer'))
     if args.fresh and args.out.exists():

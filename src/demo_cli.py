@@ -31,9 +31,9 @@ def main(task: str, argv=None) -> int:
     args = p.parse_args(argv)
     prog = f'{task}/demo.py'
     try:
-        images = check_images(args.images)
+        check_images(args.images)
         inferencer = dense_inferencer(task, args.config, args.checkpoint, args.device)
-        pictures = draw_predictions(inferencer, task, images, **(
+        pictures = draw_predictions(inferencer, task, args.images, **(
             dict(score_thr=args.score_thr) if task == 'detection' else dict(opacity=args.opacity)))
     except InputError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)

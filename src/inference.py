@@ -95,26 +95,35 @@ def dense_inferencer(task: str, config: str, checkpoint: Optional[str], device: 
     return inferencer
 
 
-def draw_predictions(inferencer, task: str, images: Sequence[np.ndarray], score_thr: float = 0.3,
+def draw_predictions(inferencer, task: str, images: Sequence, score_thr: float = 0.3,
                      opacity: float = 0.6) -> List[Tuple[np.ndarray, object]]:
-    """(picture, prediction) per RGB image: boxes, masks and class names drawn in the class colours
-    (detection, boxes scoring at least ``score_thr``; the prediction is mmdet's DetDataSample), or the
-    class map over the image (segmentation; the prediction is the (H, W) class-index array). A picture
-    has the input's size."""
+    """(picture, prediction) per image file (check them with :func:`check_images` first; an RGB array is
+    written to a temporary PNG and read as a file): boxes, masks and class names drawn in the class
+    colours (detection, boxes scoring at least ``score_thr``; the prediction is mmdet's DetDataSample), or
+    the class map over the image (segmentation; the prediction is the (H, W) class-index array). A picture
+    is RGB, of the input's size.
+
+    The inferencers get the file names: they then read the image once, feed the model BGR as their
+    pipelines expect and draw on the RGB image (given an array, they would draw on the BGR one)."""
+    import tempfile
     out = []
-    for img in images:
-        bgr = np.ascontiguousarray(img[..., ::-1])  # the inferencers take BGR arrays, as cv2 reads them
-        if task == 'detection':
-            res = inferencer(bgr, return_vis=True, no_save_vis=True, pred_score_thr=score_thr,
-                             return_datasamples=True)
-        else:
-            inferencer.visualizer.alpha = opacity
-            res = inferencer(bgr, return_vis=True)
-        pred, vis = res['predictions'], res['visualization']
-        pred = pred[0] if isinstance(pred, list) else pred  # one input: mmseg returns the item itself
-        vis = vis[0] if isinstance(vis, list) else vis
-        out.append((np.asarray(vis), pred if task == 'detection' or not isinstance(pred, dict) else pred['sem_seg']))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, image in enumerate(images):
+            path = str(save_png(image, Path(tmp) / f'{i}.png') if isinstance(image, np.ndarray) else image)
+            out.append(_draw_one(inferencer, task, path, score_thr, opacity))
     return out
+
+
+def _draw_one(inferencer, task: str, path: str, score_thr: float, opacity: float) -> Tuple[np.ndarray, object]:
+    if task == 'detection':
+        res = inferencer(path, return_vis=True, no_save_vis=True, pred_score_thr=score_thr, return_datasamples=True)
+    else:
+        inferencer.visualizer.alpha = opacity
+        res = inferencer(path, return_vis=True)
+    pred, vis = res['predictions'], res['visualization']
+    pred = pred[0] if isinstance(pred, list) else pred  # one input: mmseg returns the item itself
+    vis = vis[0] if isinstance(vis, list) else vis
+    return np.asarray(vis), pred if task == 'detection' or not isinstance(pred, dict) else pred['sem_seg']
 
 
 def save_png(picture: np.ndarray, path: Path) -> Path:

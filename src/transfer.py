@@ -264,11 +264,11 @@ def _minutes(seconds: float) -> str:
 
 
 def table(results: Dict[Tuple[str, str], dict], pre: dict, runs: Sequence[Run] = RUNS) -> str:
-    """The Markdown table: one row per (model, init), the pretraining first."""
+    """One line on the pretraining, then the Markdown table: one row per (model, init) with the final
+    held-out metrics (in bold where the pretrained backbone beats scratch) and the wall time."""
     from .markdown import table as md
     cols = ('bbox_AP', 'bbox_AP50', 'mask_AP', 'mIoU')
-    rows = [['ConvMLP-S classifier', 'scratch', f'top-1 {pre["top1"]:.1f} on held-out crops', '', '', '',
-             _minutes(pre['wall_s'])]]
+    rows = []
     for run in runs:
         for init in INITS:
             res = results.get((run.name, init))
@@ -276,13 +276,15 @@ def table(results: Dict[Tuple[str, str], dict], pre: dict, runs: Sequence[Run] =
                 continue
             final = res['final']
             cells = [f'{final[c]:.1f}' if c in final and c in run.metrics else '-' for c in cols]
-            better = init == 'pretrained' and (run.name, 'scratch') in results
-            if better:
+            if init == 'pretrained' and (run.name, 'scratch') in results:
                 base = results[(run.name, 'scratch')]['final']
                 cells = [f'**{c}**' if c != '-' and float(c) > base[k] else c for c, k in zip(cells, cols)]
-            rows.append([run.title, 'crops-pretrained' if init == 'pretrained' else 'scratch', *cells,
+            rows.append([run.title, 'pretrained on the crops' if init == 'pretrained' else 'scratch', *cells,
                          _minutes(res['wall_s'])])
-    return md(['model', 'backbone', 'bbox AP', 'bbox AP50', 'mask AP', 'mIoU', 'wall time'], rows, 'llrrrrr')
+    head = (f'Pretraining: ConvMLP-S on the crops, held-out top-1 {pre["top1"]:.1f} (best of {pre["epochs"]} '
+            f'epochs), {_minutes(pre["wall_s"])}.')
+    return head + '\n\n' + md(['model', 'backbone', 'bbox AP', 'bbox AP50', 'mask AP', 'mIoU', 'wall time'],
+                              rows, 'llrrrrr')
 
 
 def plot_curves(results: Dict[Tuple[str, str], dict], pre: dict, path: Path, runs: Sequence[Run] = RUNS) -> Path:
@@ -349,7 +351,7 @@ def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images
         files = sorted(glob.glob(str(data / layout / '*.jpg')))[:images]
         inputs = check_images(files)
         inferencer = dense_inferencer(task, str(ROOT / res['config']), ckpts[-1])
-        drawn = [p for p, _ in draw_predictions(inferencer, task, inputs)]
+        drawn = [p for p, _ in draw_predictions(inferencer, task, files)]
         gap = np.full((inputs[0].shape[0], 4, 3), 255, np.uint8)
         rows = [np.concatenate([i, gap, d], axis=1) for i, d in zip(inputs, drawn)]
         strip = np.concatenate([np.concatenate([r, np.full((4, r.shape[1], 3), 255, np.uint8)]) for r in rows])[:-4]
@@ -371,8 +373,9 @@ def run_all(out: Path, data: Path, settings: Settings, runs: Sequence[Run] = RUN
             results[(run.name, init)] = train_dense(run, init, out, data, settings, pre['checkpoint'], log, echo)
     md = table(results, pre, runs)
     isa = cpu_isa()
-    note = (f'{settings.procs} CPU process(es), {os.cpu_count()} cores ({isa}); wall times include start-up and '
-            f'every validation. Data: {_describe(settings.data_stamp())}.')
+    note = (f'Final held-out metrics (%) on the {settings.scenes[1]} validation scenes. {settings.procs} CPU '
+            f'process(es) on {os.cpu_count()} cores ({isa}), fp32; wall times include start-up and every '
+            f'validation. Data: {_describe(settings.data_stamp())}.')
     with atomic_write(out / 'transfer.md', 'w') as f:
         f.write(md + '\n\n' + note + '\n')
     with atomic_write(out / 'transfer.json', 'w') as f:

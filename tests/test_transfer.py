@@ -110,17 +110,18 @@ def test_pretrained_configs_load_every_backbone_key_of_a_classification_run(tmp_
 
 def test_table_and_curves(tmp_path):
     from src import transfer as T
-    pre = dict(top1=97.5, wall_s=61, curve=[(1, 60.), (2, 97.5)])
+    pre = dict(top1=97.5, wall_s=61, epochs=2, curve=[(1, 60.), (2, 97.5)])
     curve = lambda v: [dict(step=1, bbox_AP=v / 2, bbox_AP50=v, mask_AP=v / 3, mIoU=v)]  # noqa: E731
     results = {(r.name, i): dict(final=curve(50. if i == 'pretrained' else 10.)[-1], curve=curve(50.), wall_s=125)
                for r in T.RUNS for i in T.INITS}
     md = T.table(results, pre)
     lines = md.splitlines()
-    assert lines[0].startswith('| model | backbone | bbox AP | bbox AP50 | mask AP | mIoU | wall time |')
-    assert '| ConvMLP-S classifier | scratch | top-1 97.5 on held-out crops |' in md
-    assert '| RetinaNet-S | crops-pretrained | **25.0** | **50.0** | - | - | 2 min 05 s |' in md
+    assert lines[0] == 'Pretraining: ConvMLP-S on the crops, held-out top-1 97.5 (best of 2 epochs), 1 min 01 s.'
+    assert lines[2] == '| model | backbone | bbox AP | bbox AP50 | mask AP | mIoU | wall time |'
+    assert '| RetinaNet-S | pretrained on the crops | **25.0** | **50.0** | - | - | 2 min 05 s |' in md
     assert '| Mask R-CNN-S | scratch | 5.0 | 10.0 | 3.3 | - | 2 min 05 s |' in md
-    assert '| Semantic FPN-S | crops-pretrained | - | - | - | **50.0** |' in md
+    assert '| Semantic FPN-S | pretrained on the crops | - | - | - | **50.0** |' in md
+    assert len(lines) == 2 + 2 + 6
     png = T.plot_curves(results, pre, tmp_path / 'c.png')
     assert Image.open(png).size[0] > 4 * Image.open(png).size[1] / 2
     readme = tmp_path / 'README.md'
@@ -150,8 +151,8 @@ def test_transfer_smoke_end_to_end(tmp_path):
         result = json.loads((out / f'{name}_pretrained' / 'transfer_result.json').read_text())
         assert result['curve'] and result['backbone'].startswith(f'loaded all {n_backbone}')
     md = (out / 'transfer.md').read_text()
-    assert '| Mask R-CNN-S | crops-pretrained |' in md and '| Semantic FPN-S | crops-pretrained |' in md
-    assert 'AVX' in md or 'cores' in md
+    assert '| Mask R-CNN-S | pretrained on the crops |' in md and '| Semantic FPN-S | pretrained on the crops |' in md
+    assert 'cores (AVX' in md or 'cores (' in md
     assert (out / 'transfer_curves.png').is_file()
     for task in ('detection', 'segmentation'):
         with Image.open(out / 'predictions' / f'{task}.png') as im:
@@ -224,6 +225,11 @@ def test_demo_writes_a_png_of_the_input_size(task, name, random_checkpoints, tmp
         if task == 'segmentation':  # the class map is drawn over the image: it changed
             assert np.abs(drawn - np.asarray(Image.open(path).convert('RGB')).astype(int)).mean() > 1
     assert f'done: 2 picture(s) in {tmp_path / "out"}' in capsys.readouterr().out
+    if task == 'detection':  # nothing scores above 1: the picture is the input, in RGB (not BGR) order
+        assert main(task, [config, str(random_checkpoints[name]), images[0], '--out', str(tmp_path / 'none'),
+                           '--score-thr', '1.01']) == 0
+        picture = np.asarray(Image.open(tmp_path / 'none' / (images[0].rsplit('/', 1)[1][:-4] + '.png')), dtype=int)
+        assert np.abs(picture - np.asarray(Image.open(images[0]).convert('RGB'), dtype=int)).mean() < 2
 
     bad = tmp_path / 'bad.jpg'
     bad.write_bytes(b'not an image')

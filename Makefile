@@ -20,8 +20,8 @@ demo: install
 	$(PY) classification.py data/digits -c configs/classification/demo_digits.yml --overwrite
 
 # the paper's ablation as a small study: its 4 rows at ConvMLP-S size trained from scratch on the digits,
-# 3 seeds x 3 epochs each; table (Markdown, CSV) and curves in output/ablation_study. Options, e.g.:
-# make ablation-study ABLATION_ARGS='--threads 1'   (much faster when other jobs share the cores)
+# 3 seeds x 3 epochs each, 1 torch thread; table (Markdown, CSV) and curves in output/ablation_study.
+# Options, e.g.: make ablation-study ABLATION_ARGS='--epochs 10 --threads 2'
 ABLATION_ARGS ?=
 ablation-study: install
 	$(PY) tools/ablation_study.py $(ABLATION_ARGS)

@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -28,7 +28,7 @@ from .convmlp import ABLATION, ABLATION_TITLES, ARCHS
 from .markdown import table
 
 __all__ = ['ROWS', 'Run', 'model_name', 'row_title', 'run_one', 'run_study', 'aggregate', 'markdown_report',
-           'write_outputs', 'NOTE']
+           'write_outputs', 'report', 'NOTE']
 
 ROWS = [*ABLATION, 'convmlp']  # the paper's order: Pure-MLP baseline, + conv stage, + conv downsampling, ConvMLP
 NOTE = ("Small-scale study on a CPU: models trained from scratch on the digits set at 32 px for a few epochs; "
@@ -208,6 +208,39 @@ def write_outputs(runs: Sequence[Run], rows: Sequence[Dict], out: Path, header: 
 def read_run_args(run_dir: Path) -> dict:
     with open(run_dir / 'args.yaml') as f:
         return yaml.safe_load(f)
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob('*') if p.is_file())
+
+
+def report(runs: Sequence[Run], data: Path, out: Path, arch: str, config: Path,
+           load_start: float) -> Tuple[List[Dict], Dict[str, Path]]:
+    """Aggregate ``runs`` and write the table, CSVs and curves with their context (data, recipe, CPU,
+    threads, load average); returns the rows and the paths of :func:`write_outputs`."""
+    import torch
+    from .precision import cpu_isa
+    run_args = read_run_args(runs[0].run_dir)
+    classes = sum(1 for d in (data / 'train').iterdir() if d.is_dir())
+    rows = aggregate(runs, classes, run_args['img_size'])
+    seeds = sorted({r.seed for r in runs})
+    loads = [load_start] + [r.load_avg for r in runs]
+    header = [
+        f'**Ablation, small-scale study** ({arch} size; {NOTE})',
+        '',
+        f'- data: `{data}` ({_count_files(data / "train")} train / {_count_files(data / "validation")} held-out '
+        f'images, {classes} classes, {run_args["img_size"]} px); config `{config.name}` ({run_args["epochs"]} '
+        f'epochs, batch {run_args["batch_size"]}, {run_args["opt"]} lr {run_args["lr"]}); '
+        f'seeds {", ".join(map(str, seeds))}',
+        '- top-1: held-out top-1 (%) after the last epoch, mean ± sample std over the seeds; params and MACs of '
+        f'the trained models ({classes}-class head), MACs as fvcore counts them',
+        f'- wall time: one run (training and evaluation), CPU {cpu_isa()}, {os.cpu_count()} cores, '
+        f'{torch.get_num_threads()} torch thread(s); the machine may be shared: 1-minute load '
+        f'average {min(loads):.1f}-{max(loads):.1f} during the study',
+    ]
+    title = (f'Ablation, small-scale study: {arch} size, digits {run_args["img_size"]} px, {len(seeds)} '
+             f'seed(s), {run_args["epochs"]} epoch(s)\nnot the paper\'s ImageNet figures; band: ± std over seeds')
+    return rows, write_outputs(runs, rows, out, header, title)
 
 
 ARCH_CHOICES = list(ARCHS)

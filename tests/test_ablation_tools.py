@@ -55,8 +55,10 @@ def _one_error_line(capsys, *words):
 @pytest.mark.slow
 def test_study_end_to_end_two_rows(tiny_digits, tmp_path, capsys):
     out = tmp_path / 'study'
-    assert ablation_study.main(['--rows', 'pure_mlp', 'convmlp', '--seeds', '1', '--epochs', '1', '--threads', '1',
+    threads = torch.get_num_threads()
+    assert ablation_study.main(['--rows', 'pure_mlp', 'convmlp', '--seeds', '1', '--epochs', '1',
                                 '--data', str(tiny_digits), '--out', str(out)]) == 0
+    assert torch.get_num_threads() == threads  # the study's 1 thread is undone
     assert 'curves' in capsys.readouterr().out
     with open(out / 'ablation_study.csv', newline='') as f:
         rows = {r['row']: r for r in csv.DictReader(f)}
@@ -77,6 +79,7 @@ def test_study_end_to_end_two_rows(tiny_digits, tmp_path, capsys):
     assert 'small-scale study' in md and "not the paper's ImageNet figures" in md
     assert '| Pure-MLP baseline | `convmlp_s_pure_mlp` |' in md and '| + depthwise conv (ConvMLP) | `convmlp_s` |' in md
     assert 'AVX' in md or 'NEON' in md or 'DEFAULT' in md  # the CPU's instruction set beside the times
+    assert '1 torch thread(s)' in md and '40 train / 20 held-out images' in md
     assert len((out / 'runs.csv').read_text().splitlines()) == 3
     from PIL import Image
     with Image.open(out / 'ablation_study.png') as im:

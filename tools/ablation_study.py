@@ -21,8 +21,7 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.ablation_study import (ARCH_CHOICES, NOTE, ROWS, aggregate, read_run_args, run_study,  # noqa: E402
-                                write_outputs)
+from src.ablation_study import ARCH_CHOICES, ROWS, report, run_study  # noqa: E402
 from src.cli import fail  # noqa: E402
 
 DEFAULT_DATA = Path('data/digits')
@@ -63,8 +62,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fail(f'--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}')
     if args.threads < 1:
         fail(f'--threads must be >= 1, got {args.threads}')
-    import torch
-    torch.set_num_threads(args.threads)
     if not args.config.is_file():
         fail(f'--config {args.config} does not exist: give a classification.py YAML file')
     if args.data is None:
@@ -75,35 +72,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except UsageError as e:
             fail(f'{e} (or pass --data)')
     _check_data(args.data)
-    from src.precision import cpu_isa
-    load_start = os.getloadavg()[0]
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
-        runs = run_study(args.data, args.out, args.rows, list(range(args.seeds)), args.epochs, args.arch,
-                         args.config)
-    except RuntimeError as e:
-        fail(str(e))
-    run_args = read_run_args(runs[0].run_dir)
-    classes = sum(1 for d in (args.data / 'train').iterdir() if d.is_dir())
-    rows = aggregate(runs, classes, run_args['img_size'])
-    loads = [load_start] + [r.load_avg for r in runs]
-    n_train = sum(1 for _ in (args.data / 'train').rglob('*.png'))
-    n_val = sum(1 for _ in (args.data / 'validation').rglob('*.png'))
-    header = [
-        f'**Ablation, small-scale study** ({args.arch} size; {NOTE})',
-        '',
-        f'- data: `{args.data}` ({n_train} train / {n_val} held-out images, {classes} classes, '
-        f'{run_args["img_size"]} px); config `{args.config.name}` ({args.epochs} epochs, batch '
-        f'{run_args["batch_size"]}, {run_args["opt"]} lr {run_args["lr"]}); '
-        f'seeds {", ".join(map(str, range(args.seeds)))}',
-        '- top-1: held-out top-1 (%) after the last epoch, mean ± sample std over the seeds; params and MACs of '
-        f'the trained models ({classes}-class head), MACs as fvcore counts them',
-        f'- wall time: one run (training and evaluation), CPU {cpu_isa()}, {os.cpu_count()} cores, '
-        f'{__import__("torch").get_num_threads()} torch thread(s); the machine may be shared: 1-minute load '
-        f'average {min(loads):.1f}-{max(loads):.1f} during the study',
-    ]
-    title = (f'Ablation, small-scale study: {args.arch} size, digits {run_args["img_size"]} px, {args.seeds} '
-             f'seed(s), {args.epochs} epoch(s)\nnot the paper\'s ImageNet figures; band: ± std over seeds')
-    paths = write_outputs(runs, rows, args.out, header, title)
+        load_start = os.getloadavg()[0]
+        try:
+            runs = run_study(args.data, args.out, args.rows, list(range(args.seeds)), args.epochs, args.arch,
+                             args.config)
+        except RuntimeError as e:
+            fail(str(e))
+        rows, paths = report(runs, args.data, args.out, args.arch, args.config, load_start)
+    finally:
+        torch.set_num_threads(threads)  # as it was (main() may be called in-process)
     for r in rows:
         print(f"{r['title']:28s} {r['model']:28s} top-1 {r['top1_mean']:6.2f}"
               + (f" ± {r['top1_std']:.2f}" if r['top1_std'] is not None else ''))

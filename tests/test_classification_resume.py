@@ -30,7 +30,7 @@ def _weights(path):
 
 
 def _steps_done(log_text):
-    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+) step (\d+)/', log_text)] or [0])
+    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+)(?:/\d+)? step (\d+)/', log_text)] or [0])
 
 
 @pytest.mark.slow

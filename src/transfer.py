@@ -169,7 +169,8 @@ def _run_command(cmd: List[str], log_file: Path, echo: bool) -> Tuple[int, float
 
 
 def _fail_step(what: str, code: int, tail: str, log_file: Path) -> TransferError:
-    last = next((ln for ln in reversed(tail.splitlines()) if 'error' in ln.lower()), tail.splitlines()[-1] if tail else '')
+    lines = [ln for ln in tail.splitlines() if ln.strip() and not ln.lstrip().startswith(('File "', '^'))]
+    last = next((ln for ln in reversed(lines) if 'error' in ln.lower()), lines[-1] if lines else '')
     return TransferError(f'{what} failed (exit {code}): {last.strip()[:300]} (full output: {log_file})')
 
 
@@ -335,13 +336,14 @@ def update_readme(readme: Path, block: str) -> bool:
 
 
 def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images: int = 2) -> List[Path]:
-    """Pictures of the pretrained Mask R-CNN-S and Semantic FPN-S on the first held-out scenes:
-    ``out/predictions/{detection,segmentation}_N.png`` and one strip of each, side by side with the
-    input, ``out/predictions/{detection,segmentation}.png``."""
+    """Pictures of the pretrained Mask R-CNN-S (else RetinaNet-S) and Semantic FPN-S on the first
+    ``images`` held-out scenes, each beside its input, one strip per task:
+    ``out/predictions/{detection,segmentation}.png``."""
     import numpy as np
     from .inference import check_images, dense_inferencer, draw_predictions, save_png
     made = []
-    for run_name, task, layout in (('maskrcnn', 'detection', 'coco/val2017'), ('fpn', 'segmentation', 'ade/images/validation')):
+    detector = 'maskrcnn' if ('maskrcnn', 'pretrained') in results else 'retinanet'
+    for run_name, task, layout in ((detector, 'detection', 'coco/val2017'), ('fpn', 'segmentation', 'ade/images/validation')):
         res = results.get((run_name, 'pretrained'))
         if res is None:
             continue

@@ -133,10 +133,11 @@ def test_table_and_curves(tmp_path):
 # ---- the workflow end to end ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_transfer_smoke_end_to_end(tmp_path):
-    """tools/transfer.py --smoke: data, classification pretraining (2 processes), Mask R-CNN-S and Semantic
-    FPN-S with that checkpoint as init_cfg (2 processes each), table, curves, pictures."""
+    """tools/transfer.py --smoke: data, classification pretraining (2 processes), RetinaNet-S and Semantic
+    FPN-S with that checkpoint as init_cfg (2 processes each), table, curves, pictures. (Mask R-CNN-S's
+    pretrained config loads the same way: test_pretrained_configs_load_every_backbone_key...)"""
     out = tmp_path / 'out'
-    proc = run([sys.executable, ROOT / 'tools/transfer.py', '--smoke', '--out', out, '--models', 'maskrcnn,fpn',
+    proc = run([sys.executable, ROOT / 'tools/transfer.py', '--smoke', '--out', out, '--models', 'retinanet,fpn',
                 '--inits', 'pretrained'], timeout=900)
     assert proc.returncode == 0, proc.out[-6000:]
     pre = out / 'pretrain'
@@ -145,13 +146,13 @@ def test_transfer_smoke_end_to_end(tmp_path):
     log = (out / 'logs' / 'pretrain.log').read_text()
     assert 'img/s ETA epoch' in log and f'outputs in {pre}' in log
     n_backbone = len([k for k in ckpt['state_dict'] if not k.startswith(('norm.', 'head.'))])
-    for name, prefix in (('maskrcnn', 'DetConvMLPSmall'), ('fpn', 'SegConvMLPSmall')):
+    for name, prefix in (('retinanet', 'DetConvMLPSmall'), ('fpn', 'SegConvMLPSmall')):
         text = (out / 'logs' / f'{name}_pretrained.log').read_text()
         assert f'{prefix}: loaded all {n_backbone} backbone tensors from {pre / "best.pth.tar"}' in text
         result = json.loads((out / f'{name}_pretrained' / 'transfer_result.json').read_text())
         assert result['curve'] and result['backbone'].startswith(f'loaded all {n_backbone}')
     md = (out / 'transfer.md').read_text()
-    assert '| Mask R-CNN-S | pretrained on the crops |' in md and '| Semantic FPN-S | pretrained on the crops |' in md
+    assert '| RetinaNet-S | pretrained on the crops |' in md and '| Semantic FPN-S | pretrained on the crops |' in md
     assert 'cores (AVX' in md or 'cores (' in md
     assert (out / 'transfer_curves.png').is_file()
     for task in ('detection', 'segmentation'):

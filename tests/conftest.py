@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated torch hub cache and a local HTTP server that serves checkpoints."""
 import http.server
+import logging
 import os
 import socketserver
 import sys
@@ -14,6 +15,19 @@ sys.path.insert(0, str(ROOT))
 MANIFEST = ROOT / 'tests' / 'data' / 'convmlp_state_dict_manifest.json'  # copy of ../shared's
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def mmengine_logs_to_this_test():
+    """mmengine's loggers keep the sys.stdout they were made with: an earlier test's capture, closed since.
+    Point their console handlers at this test's, so they neither fail nor write into its stderr."""
+    mmlogging = sys.modules.get('mmengine.logging')
+    if mmlogging is not None:
+        for logger in list(mmlogging.MMLogger._instance_dict.values()):
+            for handler in logger.handlers:
+                if type(handler) is logging.StreamHandler:
+                    handler.setStream(sys.stdout)
+    yield
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def mmengine_logs_to_this_test():
         for logger in list(mmlogging.MMLogger._instance_dict.values()):
             for handler in logger.handlers:
                 if type(handler) is logging.StreamHandler:
-                    handler.setStream(sys.stdout)
+                    handler.stream = sys.stdout  # not setStream(): it would flush the closed stream first
     yield
 
 

@@ -157,7 +157,7 @@ def test_transfer_smoke_end_to_end(tmp_path):
     assert (out / 'transfer_curves.png').is_file()
     for task in ('detection', 'segmentation'):
         with Image.open(out / 'predictions' / f'{task}.png') as im:
-            assert im.size == (64 * 2 + 4, 64)  # input | prediction, one row per held-out scene (2)
+            assert im.size == (64 * 2 + 4, 64 * 2 + 4)  # input | prediction, one row per held-out scene (2)
     assert f'runs in {out}' in proc.stdout.splitlines()[-1]
     again = run([sys.executable, ROOT / 'tools/transfer.py', '--smoke', '--out', out, '--models', 'fpn',
                  '--inits', 'pretrained', '--quiet'])

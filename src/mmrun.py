@@ -385,6 +385,7 @@ def _run(cfg, args, task: str, mode: str) -> int:
     with _run_checkpoints_loadable():
         if mode == 'train':
             runner.train()
+            runner.logger.info(f'done: outputs in {runner.work_dir}')  # checkpoints, logs, last_checkpoint
             return 0
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         dataset_meta = load_checkpoint_for_test(args.checkpoint, model, task)

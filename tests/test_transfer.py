@@ -149,6 +149,7 @@ def test_transfer_smoke_end_to_end(tmp_path):
     for name, prefix in (('retinanet', 'DetConvMLPSmall'), ('fpn', 'SegConvMLPSmall')):
         text = (out / 'logs' / f'{name}_pretrained.log').read_text()
         assert f'{prefix}: loaded all {n_backbone} backbone tensors from {pre / "best.pth.tar"}' in text
+        assert f'done: outputs in {out / f"{name}_pretrained"}' in text  # each dense run ends saying where
         result = json.loads((out / f'{name}_pretrained' / 'transfer_result.json').read_text())
         assert result['curve'] and result['backbone'].startswith(f'loaded all {n_backbone}')
     md = (out / 'transfer.md').read_text()

@@ -9,7 +9,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import MANIFEST, ROOT
 from src import convmlp_l, convmlp_m, convmlp_s
-from src.convmlp import ConvMLP
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
 MANIFEST_DATA = json.loads(MANIFEST.read_text())

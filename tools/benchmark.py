@@ -21,7 +21,6 @@ against resolution and batch size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys

@@ -110,6 +110,7 @@ def conv_bn_relu(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -
 
 class ConvTokenizer(nn.Module):
     """Three 3x3 conv-BN-ReLU and a 3x3/2 max-pool: (B, in_chans, H, W) -> (B, C, H/4, W/4)."""
+    __jit_unused_properties__ = ['first_conv']  # for the input check and weight loading, not scripted
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 64):
         super().__init__()
@@ -120,8 +121,6 @@ class ConvTokenizer(nn.Module):
             nn.MaxPool2d(3, stride=2, padding=1),
         )
         self.grad_checkpointing = False
-
-    __jit_unused_properties__ = ['first_conv']
 
     @property
     def first_conv(self) -> nn.Conv2d:
@@ -184,6 +183,7 @@ class PatchEmbed(nn.Module):
     """The ablation's tokenizer: each non-overlapping 4x4 patch mapped linearly to C channels, then
     LayerNorm: (B, in_chans, H, W) -> (B, C, ceil(H/4), ceil(W/4)). The input is zero-padded to a multiple
     of 4, so the output has the conv tokenizer's shape at every input size."""
+    __jit_unused_properties__ = ['first_conv']
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 64, patch_size: int = 4):
         super().__init__()

@@ -121,9 +121,9 @@ def test_torch_export_dynamic_batch_height_width():
             torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('head', [True, False])
-def test_torch_jit_script_equals_eager(head):
-    model = convmlp_s(classifier_head=head).eval()
+@pytest.mark.parametrize('head,tokenizer', [(True, 'conv'), (False, 'conv'), (True, 'patch')])
+def test_torch_jit_script_equals_eager(head, tokenizer):
+    model = convmlp_s(classifier_head=head, tokenizer=tokenizer).eval()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', FutureWarning)  # torch.jit.script is deprecated in torch 2.x
         scripted = torch.jit.script(model)

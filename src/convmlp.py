@@ -140,11 +140,12 @@ def conv_downsample(dim_in: int, dim_out: int) -> nn.Conv2d:
 
 
 class ConvStage(nn.Module):
-    """Residual 1x1-3x3-1x1 bottlenecks, then ``downsample``: (B, C, H, W) -> (B, d0, H/2, W/2).
+    """Residual 1x1-3x3-1x1 bottlenecks, then ``downsample(C, d0)``: (B, C, H, W) -> (B, d0, H/2, W/2).
 
     With ``num_blocks=0`` (the ablation's conv stage switched off) it is its downsampling alone."""
 
-    def __init__(self, num_blocks: int, embed_dim_in: int, hidden_dim: int, downsample: nn.Module):
+    def __init__(self, num_blocks: int, embed_dim_in: int, hidden_dim: int, embed_dim_out: int,
+                 downsample: Callable[[int, int], nn.Module] = conv_downsample):
         super().__init__()
         self.conv_blocks = nn.ModuleList([
             nn.Sequential(
@@ -152,7 +153,7 @@ class ConvStage(nn.Module):
                 *conv_bn_relu(hidden_dim, hidden_dim, 3),
                 *conv_bn_relu(hidden_dim, embed_dim_in, 1),
             ) for _ in range(num_blocks)])
-        self.downsample = downsample
+        self.downsample = downsample(embed_dim_in, embed_dim_out)  # built after the blocks, as released
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -288,12 +289,14 @@ class ConvMLPStage(nn.Module):
     NCHW in and out (so module outputs are feature maps for hooks and fx extraction); the blocks and the
     downsample run on the channels-last view of the same memory."""
 
-    def __init__(self, num_blocks: int, dim: int, downsample: nn.Module, mlp_ratio: float,
-                 drop_path_rate: float, connect: bool = True):
+    def __init__(self, num_blocks: int, dim: int, dim_out: Optional[int], mlp_ratio: float,
+                 drop_path_rate: float, connect: bool = True,
+                 downsample: Callable[[int, int], nn.Module] = ConvDownsample):
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, num_blocks, device="cpu").tolist()
+        rates = torch.linspace(0, drop_path_rate, num_blocks, device='cpu').tolist()
         self.blocks = nn.ModuleList([ConvMLPBlock(dim, mlp_ratio, rate, connect) for rate in rates])
-        self.downsample_mlp = downsample
+        # built after the blocks, as released (a seed then gives the release's random init)
+        self.downsample_mlp = downsample(dim, dim_out) if dim_out is not None else nn.Identity()
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -369,12 +372,11 @@ class ConvMLP(nn.Module):
 
         self.tokenizer = TOKENIZERS[tokenizer](in_chans, embed_dim=channels)
         stem_downsample, stage_downsample = DOWNSAMPLES[downsample]
-        self.conv_stages = ConvStage(n_conv_blocks if conv_stage else 0, channels, dims[0],
-                                     stem_downsample(channels, dims[0]))
+        self.conv_stages = ConvStage(n_conv_blocks if conv_stage else 0, channels, dims[0], dims[0],
+                                     stem_downsample)
         self.stages = nn.ModuleList([
-            ConvMLPStage(blocks[i], dims[i],
-                         stage_downsample(dims[i], dims[i + 1]) if i + 1 < len(dims) else nn.Identity(),
-                         mlp_ratios[i], drop_path_rate, connect)
+            ConvMLPStage(blocks[i], dims[i], dims[i + 1] if i + 1 < len(dims) else None, mlp_ratios[i],
+                         drop_path_rate, connect, stage_downsample)
             for i in range(len(blocks))])
         self.norm = nn.LayerNorm(dims[-1]) if classifier_head else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)

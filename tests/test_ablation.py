@@ -234,3 +234,14 @@ def test_mmseg_config_with_pure_mlp_backbone_trains_a_step():
     losses = _train_step('configs/segmentation/fpn_convmlp_s_pure_mlp_512x512_40k_ade20k.py', 'mmseg',
                          dict(inputs=inputs, data_samples=samples))
     assert 'decode.loss_ce' in losses
+
+
+def test_seeded_random_init_is_the_releases():
+    """The switches did not change the order modules are built in: a seed gives the same random init as
+    before them (the downsampling convs' biases keep their construction-time draw; figures of the model
+    as it was at c8fcf53), so from-scratch runs reproduce across versions."""
+    torch.manual_seed(0)
+    model = convmlp.convmlp_s()
+    got = [model.conv_stages.downsample.bias.sum().item(), model.stages[0].downsample_mlp.downsample.bias.sum().item(),
+           model.stages[1].downsample_mlp.downsample.bias.sum().item(), model.head.weight.sum().item()]
+    assert got == pytest.approx([0.480705, 0.177926, -0.096563, -32.462593], abs=1e-5)

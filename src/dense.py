@@ -9,7 +9,7 @@ are ``backbone.tokenizer...`` exactly as in the released COCO/ADE20K checkpoints
     backbone=dict(type='DetConvMLPSmall', init_cfg=dict(type='Pretrained', checkpoint=URL_or_path))
     backbone=dict(type='DetConvMLPSmall', init_cfg=None)                                  # random init
 
-``forward`` maps (B, 3, H, W) to a tuple of four NCHW maps at strides 4, 8, 16, 32 with channels
+``forward`` maps (B, 3, H, W) to a tuple of four contiguous NCHW maps at strides 4, 8, 16, 32 with channels
 ``(C, d0, d1, d2)``: S/M (64, 128, 256, 512), L (96, 192, 384, 768).
 
 Pretrained weights load through :func:`src.weights.load_pretrained` (checked download,
@@ -68,8 +68,12 @@ class DenseConvMLP(ConvMLP, BaseModule):
         self._is_init = True
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """(B, 3, H, W) -> 4 maps (B, C_i, H/s_i, W/s_i), s = 4, 8, 16, 32."""
-        return tuple(self.forward_dense(x))
+        """(B, 3, H, W) -> 4 contiguous NCHW maps (B, C_i, H/s_i, W/s_i), s = 4, 8, 16, 32.
+
+        The model computes channels-last; the maps are made contiguous here because mmcv's compiled ops
+        index raw NCHW memory: its RoIAlign (Mask R-CNN's RoI heads) silently reads a channels-last FPN
+        output as scrambled features, and the two-stage heads then learn nothing."""
+        return tuple(m.contiguous() for m in self.forward_dense(x))
 
 
 def make_backbones(prefix: str, registry, module: str) -> Tuple[Type[DenseConvMLP], ...]:

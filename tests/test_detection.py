@@ -57,6 +57,24 @@ def test_backbone_maps_and_pretrained_init(tmp_path, http_server, hub_dir):
         det.init_weights()
 
 
+def test_mask_rcnn_rois_see_the_features_where_they_are():
+    """The RoI heads read the FPN maps at the boxes' places: mmcv's RoIAlign indexes raw NCHW memory,
+    so channels-last maps (the model's own layout) came out scrambled and Mask R-CNN learned nothing.
+    Reference: torchvision's roi_align, which reads any layout, on the same maps."""
+    from torchvision.ops import roi_align
+    torch.manual_seed(0)
+    det = build_model(MASKRCNN, 'mmdet').eval()
+    with torch.no_grad():
+        maps = det.backbone(torch.randn(2, 3, 96, 128))
+        assert all(m.is_contiguous() for m in maps)
+        feats = det.neck(maps)
+        rois = torch.tensor([[0, 8., 4., 60., 50.], [1, 30., 20., 90., 80.], [1, 70., 10., 120., 40.]])
+        extractor = det.roi_head.bbox_roi_extractor  # every RoI smaller than 112 px: the stride-4 level
+        ours = extractor(feats[:extractor.num_inputs], rois)
+        reference = roi_align(feats[0].contiguous(memory_format=torch.channels_last), rois, 7, 1 / 4, 0, aligned=True)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_mmdet2_checkpoint_converts(tmp_path):
     """A checkpoint saved by mmdet 2.x (meta with CLASSES, classifier norm in the backbone) loads strictly."""
     from src.mmrun import load_checkpoint_for_test

@@ -80,7 +80,7 @@ SCALARS = {'coco/bbox_mAP': 'bbox_AP', 'coco/bbox_mAP_50': 'bbox_AP50', 'coco/se
 class Settings:
     """The data and the schedules' knobs (the configs hold the rest)."""
     scenes: Tuple[int, int] = (256, 64)      # train / held-out scenes of the dense models
-    crops: Tuple[int, int] = (600, 150)      # train / held-out scenes whose objects become the crops
+    crops: Tuple[int, int] = (1500, 300)     # train / held-out scenes whose objects become the crops
     size: Tuple[int, int] = (128, 96)        # scene width x height
     radius: Tuple[float, float] = (0.16, 0.30)   # shape circumradius / shorter side: 31-58 px wide shapes
     crop_size: int = 64

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     d = T.Settings()
     p.add_argument('--scenes', type=_pair, default=d.scenes, metavar='TRAIN,VAL', help='dense-model scenes (default 256,64)')
     p.add_argument('--crops', type=_pair, default=d.crops, metavar='TRAIN,VAL',
-                   help='scenes whose objects become the classification crops (default 600,150)')
+                   help='scenes whose objects become the classification crops (default 1500,300)')
     p.add_argument('--size', type=_size, default=d.size, help='scene WIDTHxHEIGHT (default 128x96)')
     p.add_argument('--radius', type=float, nargs=2, default=d.radius, metavar=('MIN', 'MAX'),
                    help='shape circumradius as a fraction of the shorter side (default 0.16 0.30)')

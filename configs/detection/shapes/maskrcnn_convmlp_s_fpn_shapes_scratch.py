@@ -26,9 +26,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=50),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[5], gamma=0.1)
 ]
-# lr 1e-4 (the release's) and gradients clipped at norm 10: with RetinaNet-S's 2e-4 and no clipping the
-# losses blew up after ~120 steps, from scratch and pretrained alike (bbox AP back to 0)
-optim_wrapper = dict(optimizer=dict(lr=0.0001), clip_grad=dict(_delete_=True, max_norm=10, norm_type=2))
+optim_wrapper = dict(optimizer=dict(lr=0.0002))
 # at most 4 objects a scene: 32 sampled RoIs per image (<= 8 positives for the mask head) instead of the
 # demo's 128 (<= 32), which made a step 6 s, the mask head's 4 convolutions on every positive RoI dominating
 model = dict(train_cfg=dict(rcnn=dict(sampler=dict(num=32))))

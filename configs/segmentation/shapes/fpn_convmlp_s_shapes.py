@@ -1,5 +1,5 @@
 # Semantic FPN-S on the generated shapes (`python -m src.shapes data/shapes`): the demo and test config.
-# The release's model and optimizer, with 4 classes, 96x96 crops, a short schedule and a backbone from
+# The release's model and optimizer, with 4 classes, 128x96 crops, a short schedule and a backbone from
 # scratch (no download; set model.backbone.init_cfg=dict(type='Pretrained') for ImageNet weights).
 _base_ = [
     '../../_base_/models/fpn_convmlp.py', '../../_base_/datasets/shapes_semantic.py',
@@ -7,7 +7,7 @@ _base_ = [
 ]
 max_iters = 400
 model = dict(
-    data_preprocessor=dict(size=(96, 96)),
+    data_preprocessor=dict(size=(96, 128)),  # batches padded to the crop (h, w)
     backbone=dict(type='SegConvMLPSmall', init_cfg=None),
     decode_head=dict(num_classes=4))
 optim_wrapper = dict(optimizer=dict(lr=0.0004))

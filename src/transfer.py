@@ -335,9 +335,12 @@ def update_readme(readme: Path, block: str) -> bool:
     return True
 
 
+PICTURE_SCORE_THR = 0.5   # boxes drawn in the README's pictures (the demo scripts' default is 0.3)
+
+
 def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images: int = 2) -> List[Path]:
     """Pictures of the pretrained Mask R-CNN-S (else RetinaNet-S) and Semantic FPN-S on the first
-    ``images`` held-out scenes, each beside its input, one strip per task:
+    ``images`` held-out scenes, each beside its input (boxes scoring >= ``PICTURE_SCORE_THR``), one strip per task:
     ``out/predictions/{detection,segmentation}.png``."""
     import numpy as np
     from .inference import check_images, dense_inferencer, draw_predictions, save_png
@@ -353,7 +356,7 @@ def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images
         files = sorted(glob.glob(str(data / layout / '*.jpg')))[:images]
         inputs = check_images(files)
         inferencer = dense_inferencer(task, str(ROOT / res['config']), ckpts[-1])
-        drawn = [p for p, _ in draw_predictions(inferencer, task, files)]
+        drawn = [p for p, _ in draw_predictions(inferencer, task, files, score_thr=PICTURE_SCORE_THR)]
         gap = np.full((inputs[0].shape[0], 4, 3), 255, np.uint8)
         rows = [np.concatenate([i, gap, d], axis=1) for i, d in zip(inputs, drawn)]
         strip = np.concatenate([np.concatenate([r, np.full((4, r.shape[1], 3), 255, np.uint8)]) for r in rows])[:-4]

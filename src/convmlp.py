@@ -14,8 +14,6 @@ The MLP stages work on channels-last ``(B, H, W, C)`` tensors: LayerNorm and Lin
 dim, and the depthwise and downsampling convs see an NCHW *view* of the same memory, so a model and
 input in ``torch.channels_last`` run without a single layout copy.
 """
-from __future__ import annotations
-
 import contextlib
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -486,12 +484,13 @@ class ConvMLP(nn.Module):
             raise ValueError(f"ConvMLP returns intermediates as 'NCHW'; got output_fmt={output_fmt!r}")
         take = _feature_indices(indices, len(self.feature_info))
         feats = self.forward_dense(x)
-        if norm and len(self.feature_info) - 1 in take:
-            feats[-1] = nchw_view(self.norm(nhwc_view(feats[-1])))
+        final = nchw_view(self.norm(nhwc_view(feats[-1])))  # = forward_features(x)
+        if norm:  # timm's convention: the final norm applies to the last map, once
+            feats[-1] = final
         intermediates = [feats[i] for i in take]
         if intermediates_only:
             return intermediates
-        return nchw_view(self.norm(nhwc_view(feats[-1]))), intermediates
+        return final, intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:

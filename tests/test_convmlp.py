@@ -5,9 +5,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import MANIFEST, ROOT
+from helpers import randomize_norms
 from src import convmlp_l, convmlp_m, convmlp_s
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
@@ -128,16 +130,32 @@ def test_timm_style_api():
     assert model(x).shape == (2, 3)
 
 
-def test_forward_intermediates_match_dense():
-    model = convmlp_s().eval()
-    x = torch.randn(1, 3, 96, 128)
+@pytest.mark.parametrize('arch', ['convmlp_s', 'convmlp_m'])
+def test_forward_intermediates_final_is_forward_features_and_last_map_normed_once(arch):
+    """timm's convention with trained-looking norms: the final output is forward_features' for every
+    ``indices`` and ``norm``; the intermediates are forward_dense's maps, the last one through the final
+    LayerNorm exactly once when ``norm=True``."""
+    torch.manual_seed(0)
+    model = randomize_norms(BUILDERS[arch]()).eval()
+    x = torch.randn(2, 3, 96, 80)
     with torch.no_grad():
-        dense = convmlp_s(classifier_head=False)
-        dense.load_state_dict(model.state_dict(), strict=False)
-        final, inter = model.forward_intermediates(x, indices=[0, -1])
-        ref = dense.eval().forward_dense(x)
-    assert torch.equal(inter[0], ref[0]) and torch.equal(inter[1], ref[3])
-    assert torch.allclose(final, model.forward_features(x))
+        features, dense = model.forward_features(x), model.forward_dense(x)
+        ln = model.norm
+        normed = F.layer_norm(dense[3].permute(0, 2, 3, 1), ln.normalized_shape, ln.weight, ln.bias,
+                              ln.eps).permute(0, 3, 1, 2)
+        twice = F.layer_norm(normed.permute(0, 2, 3, 1), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        assert (twice.permute(0, 3, 1, 2) - normed).abs().max() > 1  # a second norm would show
+        for indices, take in [(None, [0, 1, 2, 3]), (1, [3]), (2, [2, 3]), (4, [0, 1, 2, 3]), ([0], [0]),
+                              ([3], [3]), ([-1], [3]), ([0, 2], [0, 2]), ([1, -1], [1, 3])]:
+            for norm in (False, True):
+                final, inter = model.forward_intermediates(x, indices=indices, norm=norm)
+                torch.testing.assert_close(final, features, rtol=0, atol=0)
+                only = model.forward_intermediates(x, indices=indices, norm=norm, intermediates_only=True)
+                want = [normed if norm and i == 3 else dense[i] for i in take]
+                for got in (inter, only):
+                    assert len(got) == len(want)
+                    for g, w in zip(got, want):
+                        torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('bad,msg', [

@@ -9,11 +9,13 @@ import timm
 import torch
 from timm.models import adapt_input_conv
 from torch.export import Dim
-from torchvision.models.feature_extraction import create_feature_extractor
+from timm.layers import get_notrace_functions, get_notrace_modules
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import src.classification  # noqa: F401  registers the models
 from src import zoo
 from src.convmlp import convmlp_s
+from helpers import randomize_norms
 
 NAMES = timm.list_models('convmlp*')
 
@@ -131,4 +133,27 @@ def test_torch_jit_script_equals_eager(head, tokenizer):
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
         for got, want in zip(scripted.forward_dense(x), model.forward_dense(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_fx_traced_then_scripted_equals_eager(name):
+    """As timm tests every model: fx-trace with timm's leaf modules and autowrapped functions, script the
+    traced module, compare with eager (training and eval graphs)."""
+    torch.manual_seed(0)
+    model = randomize_norms(timm.create_model(name, num_classes=7, drop_path_rate=0.))
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    traced = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]],
+                                      eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # torch.jit.script is deprecated in torch 2.x
+        scripted = torch.jit.script(traced)
+    x = torch.randn(2, 3, 65, 97)
+    with torch.no_grad():
+        for mode in (False, True):  # eval graph, then training graph (BatchNorm on batch statistics)
+            for m in (model, scripted):
+                m.train(mode)
+            want = model(x)
+            got, = scripted(x).values()
             torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from . import zoo
-from .atomic import atomic_write
+from .utils.atomic import atomic_write
+from .utils.errors import UsageError
 
 __all__ = ['CheckpointError', 'cache_path', 'download', 'fetch', 'load_checkpoint_file', 'load_state_dict',
            'unwrap_state_dict', 'load_pretrained', 'adapt_state_dict', 'adapt_input_channels',
@@ -36,8 +37,9 @@ __all__ = ['CheckpointError', 'cache_path', 'download', 'fetch', 'load_checkpoin
 WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema', 'model_ema', 'module')
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be fetched or read; the message says where, why and what to do."""
+class CheckpointError(UsageError, RuntimeError):
+    """A checkpoint could not be fetched or read; the message says where, why and what to do. A
+    :class:`~src.utils.errors.UsageError`: a command reports it as one line and exits with code 2."""
 
 
 def cache_path(url: str) -> Path:

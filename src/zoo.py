@@ -110,7 +110,7 @@ def _triple(values) -> str:
 
 def markdown_table() -> str:
     """The README's model zoo: every released checkpoint with the paper's numbers, as Markdown."""
-    from .markdown import table
+    from .utils.markdown import table
     imagenet = table(
         ['Model', 'timm name', 'Params', 'MACs @224', 'Top-1', 'Weights'],
         [[NAMES[v], f'`{v}`', f'{IMAGENET[v]["params"]:.1f}M', f'{IMAGENET[v]["macs"]:.1f}G',

@@ -11,6 +11,7 @@ import torch
 import src.classification  # noqa: F401  registers the models
 from src import convmlp
 from src.convmlp import ABLATION, ARCHS, ConvMLP
+from helpers import load_tool
 
 ROOT_CONFIGS = Path(__file__).resolve().parents[1] / 'configs' / 'classification'
 SWITCH_VALUES = dict(tokenizer=('conv', 'patch'), conv_stage=(True, False), downsample=('conv', 'patch_merge'),
@@ -151,11 +152,7 @@ def test_classifier_head_false_returns_what_the_release_returned():
 
 def test_complexity_tool_ablation_table(monkeypatch, capsys):
     """tools/complexity.py --ablation: one row per step with the params counted by hand (S only here)."""
-    from conftest import ROOT
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('complexity', ROOT / 'tools' / 'complexity.py')
-    complexity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(complexity)
+    complexity = load_tool('complexity')
     monkeypatch.setattr(complexity.zoo, 'VARIANTS', ('convmlp_s',))
     assert complexity.main(['--ablation']) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ConvMLP-S')]

@@ -1,7 +1,6 @@
 """The ablation's tools (issue 14, items 4 and 5): the release's figure (tools/visualize.py --figure
 ablation) and the small study (tools/ablation_study.py), end to end on tiny settings, and their bad input."""
 import csv
-import importlib.util
 import statistics
 
 import numpy as np
@@ -9,20 +8,14 @@ import pytest
 import torch
 
 from conftest import ROOT
-from src import ablation_study as study
+from helpers import load_tool
+from src.studies import ablation as study
 from src.convmlp import convmlp_m_pure_mlp, convmlp_s, convmlp_s_pure_mlp
-from src.feature_maps import channel_mosaic, convmlp_stage_maps, evenly_spaced, stage_rows_size_px
-from src.flops import count_params
+from src.explain.feature_maps import channel_mosaic, convmlp_stage_maps, evenly_spaced, stage_rows_size_px
+from src.perf.flops import count_params
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-visualize, ablation_study = _tool('visualize'), _tool('ablation_study')
+visualize, ablation_study = load_tool('visualize'), load_tool('ablation_study')
 
 
 @pytest.fixture(scope='module')

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from src.atomic import atomic_save, atomic_write
+from src.utils.atomic import atomic_save, atomic_write
 
 
 def test_failure_mid_write_keeps_old_file_and_leaves_no_temp(tmp_path):

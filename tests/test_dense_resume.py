@@ -1,4 +1,4 @@
-"""Detection and segmentation runs lose nothing (src/run_checkpoints.py): SIGKILL at a random iteration,
+"""Detection and segmentation runs lose nothing (src/mm/safe_runner.py): SIGKILL at a random iteration,
 SIGKILL in the middle of writing a checkpoint, a truncated newest checkpoint, then ``--resume``: the run
 ends with weights, optimizer and scheduler states (and RNG states) bitwise equal to the run never
 interrupted, with the shipped models' dropout and drop path on and validation between checkpoints."""
@@ -18,8 +18,9 @@ pytest.importorskip('mmseg')
 pytest.importorskip('mmdet')
 
 from dense_e2e import PY, ROOT, free_port  # noqa: E402
-from src.mmrun import load_run_checkpoint, main  # noqa: E402
-from src.shapes import make_shapes  # noqa: E402
+from src.mm.checkpoints import load_run_checkpoint
+from src.mm.run import main  # noqa: E402
+from src.studies.shapes import make_shapes  # noqa: E402
 
 FPN = 'configs/segmentation/shapes/fpn_convmlp_s_shapes.py'
 RETINANET = 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'
@@ -217,7 +218,8 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
 
 
 def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):
-    from src.mmrun import parse_args, prepare_config
+    from src.mm.config import prepare_config
+    from src.mm.run import parse_args
     data = make_shapes(tmp_path / 'shapes', num_train=1, num_val=1, size=(64, 64)) / 'ade'
     work = tmp_path / 'work'
 

@@ -7,8 +7,8 @@ pytest.importorskip('mmdet')
 from dense_e2e import ROOT, build_model, build_optimizer, count_params, dist, metrics, run  # noqa: E402
 from src import zoo  # noqa: E402
 from src.convmlp import convmlp_s  # noqa: E402
-from src.mmrun import main  # noqa: E402
-from src.shapes import CLASSES, make_shapes  # noqa: E402
+from src.mm.run import main  # noqa: E402
+from src.studies.shapes import CLASSES, make_shapes  # noqa: E402
 from src.weights import CheckpointError  # noqa: E402
 
 RETINANET = 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'
@@ -77,7 +77,7 @@ def test_mask_rcnn_rois_see_the_features_where_they_are():
 
 def test_mmdet2_checkpoint_converts(tmp_path):
     """A checkpoint saved by mmdet 2.x (meta with CLASSES, classifier norm in the backbone) loads strictly."""
-    from src.mmrun import load_checkpoint_for_test
+    from src.mm.checkpoints import load_checkpoint_for_test
     trained = build_model(MASKRCNN, 'mmdet')
     sd = dict(trained.state_dict())
     sd['backbone.norm.weight'], sd['backbone.norm.bias'] = torch.ones(512), torch.zeros(512)
@@ -146,7 +146,7 @@ def test_dist_train_resume_and_test_mmdet2_checkpoint(config, tmp_path, capsys):
     assert 'resumed epoch: 1, iter: 2' in second.out
     assert 'Epoch(train) [2][2/2]' in second.out and 'Epoch(train) [1]' not in second.out
 
-    from src.mmrun import run_checkpoint_globals
+    from src.mm.checkpoints import run_checkpoint_globals
     with torch.serialization.safe_globals(run_checkpoint_globals()):
         run_file = torch.load(work / 'epoch_2.pth', map_location='cpu', weights_only=True)
     assert (run_file['meta']['epoch'], run_file['meta']['iter']) == (2, 4)

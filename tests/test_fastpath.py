@@ -10,8 +10,10 @@ import torch
 from torch.profiler import profile
 
 from conftest import ROOT
-from src import convmlp_s, precision
-from src.bench import ProductTimer, ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
+from helpers import randomize_norms
+from src import convmlp_s
+from src.utils import precision
+from src.perf.benchmark import ProductTimer, ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
 from src.convmlp import ConvMLP, channel_linear
 from src.fuse import fuse_model
 
@@ -21,22 +23,10 @@ def tiny(**kw):
                    num_classes=7, **kw)
 
 
-def randomize_batchnorm(model):
-    """Non-trivial BN statistics and affine, so folding has something to fold."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * .2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + .5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + .5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * .1)
-    return model
-
-
 @pytest.fixture(scope='module')
 def model_s():
     torch.manual_seed(0)
-    return randomize_batchnorm(convmlp_s()).eval()
+    return randomize_norms(convmlp_s()).eval()
 
 
 def test_fused_logits_match_unfused(model_s):
@@ -54,7 +44,7 @@ def test_fused_logits_match_unfused(model_s):
 
 def test_fused_dense_features_match():
     torch.manual_seed(0)
-    backbone = randomize_batchnorm(convmlp_s(classifier_head=False)).eval()
+    backbone = randomize_norms(convmlp_s(classifier_head=False)).eval()
     fused = fuse_model(backbone)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
@@ -184,7 +174,7 @@ def test_compiled_matches_eager():
     except Exception as e:  # no C++ compiler: inductor cannot build CPU kernels here
         pytest.skip(f'torch.compile unavailable: {e}')
     torch.manual_seed(0)
-    model = randomize_batchnorm(tiny()).eval().fuse().to(memory_format=torch.channels_last)
+    model = randomize_norms(tiny()).eval().fuse().to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 48)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
@@ -193,7 +183,7 @@ def test_compiled_matches_eager():
 
 RSS_AFTER_FREE = """
 import sys, torch
-from src.malloc import keep_freed_memory
+from src.utils.malloc import keep_freed_memory
 applied = keep_freed_memory()
 def rss():
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) // 1024
@@ -219,7 +209,7 @@ def test_keep_freed_memory_keeps_a_freed_tensor_resident(setting):
 
 
 def test_keep_freed_memory_rejects_unknown_setting(monkeypatch):
-    from src.malloc import keep_freed_memory
+    from src.utils.malloc import keep_freed_memory
     monkeypatch.setenv('CONVMLP_MALLOC', 'jemalloc')
     with pytest.raises(ValueError, match="CONVMLP_MALLOC='jemalloc': use 'keep'"):
         keep_freed_memory()

@@ -1,4 +1,4 @@
-"""Mixed precision by CPU capability (src/precision.py): ``--amp`` autocasts to bf16 only where the CPU computes
+"""Mixed precision by CPU capability (src/utils/precision.py): ``--amp`` autocasts to bf16 only where the CPU computes
 bf16 natively, else warns once and runs fp32; ``--no-amp`` (and every other ``--no-X``) beats a config."""
 import argparse
 
@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from conftest import ROOT
-from src import precision
+from src.utils import precision
 from src.train import engine
-from src.train.config import UsageError, build_parser, parse_args
+from src.train.config import build_parser, parse_args
+from src.utils.errors import UsageError
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_every_switch_a_config_can_set_can_be_switched_off():
 
 
 def test_benchmark_table_marks_emulated_rows():
-    from src import bench
+    from src.perf import benchmark as bench
     rows = [dict(config=dict(model='convmlp_s', mode='infer', batch=1, res=32, dtype=d), label=f'{d} eager',
                  images_per_s=1., x_baseline=1., tensor_mib=1., rss_mib=1., gflops=1., pct_peak=1.)
             for d in ('fp32', 'bf16')]
@@ -116,13 +117,14 @@ def test_dense_amp_follows_the_cpu(cpu, native, monkeypatch, capsys):
     """detection/segmentation --amp on CPU: bf16 (train: the CPU autocast optim wrapper, test: mmengine's
     test loop autocast) where bf16 is native, else one warning and the config unchanged (fp32)."""
     pytest.importorskip('mmdet')
-    from src import mmrun
+    from src.mm import config as mm_config
+    from src.mm.run import parse_args
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    monkeypatch.setattr(mmrun, 'check_data_paths', lambda cfg, mode: None)
+    monkeypatch.setattr(mm_config, 'check_data_paths', lambda cfg, mode: None)
     cpu(native)
     config = str(ROOT / 'configs/detection/retinanet_convmlp_s_fpn_1x_coco.py')
-    train = mmrun.prepare_config(mmrun.parse_args('detection', 'train', [config, '--amp']), 'detection', 'train')
-    test = mmrun.prepare_config(mmrun.parse_args('detection', 'test', [config, 'x.pth', '--amp']), 'detection', 'test')
+    train = mm_config.prepare_config(parse_args('detection', 'train', [config, '--amp']), 'detection', 'train')
+    test = mm_config.prepare_config(parse_args('detection', 'test', [config, 'x.pth', '--amp']), 'detection', 'test')
     err = capsys.readouterr().err
     if native:
         assert train.optim_wrapper.type == 'CPUAutocastOptimWrapper' and train.optim_wrapper.dtype == 'bfloat16'
@@ -135,7 +137,7 @@ def test_dense_amp_follows_the_cpu(cpu, native, monkeypatch, capsys):
 def test_cpu_autocast_optim_wrapper_steps_in_bf16():
     pytest.importorskip('mmengine')
     from mmengine.optim import build_optim_wrapper
-    from src import mmamp  # noqa: F401  registers the wrapper
+    from src.mm import cpu_amp  # noqa: F401  registers the wrapper
     model = nn.Linear(4, 2)
     wrapper = build_optim_wrapper(model, dict(type='CPUAutocastOptimWrapper', dtype='bfloat16',
                                               optimizer=dict(type='SGD', lr=0.1)))

@@ -11,8 +11,9 @@ pytest.importorskip('mmseg')
 from dense_e2e import ROOT, build_model, build_optimizer, count_params, dist  # noqa: E402
 from src import zoo  # noqa: E402
 from src.convmlp import convmlp_l  # noqa: E402
-from src.mmrun import load_checkpoint_for_test, main  # noqa: E402
-from src.shapes import SEG_CLASSES, make_shapes  # noqa: E402
+from src.mm.checkpoints import load_checkpoint_for_test
+from src.mm.run import main  # noqa: E402
+from src.studies.shapes import SEG_CLASSES, make_shapes  # noqa: E402
 
 FPN = 'configs/segmentation/shapes/fpn_convmlp_s_shapes.py'
 
@@ -104,7 +105,7 @@ def test_dist_train_resume_and_test_mmseg0_checkpoint(tmp_path, capsys):
     assert 'resumed epoch: 0, iter: 2' in second.out
     assert 'Iter(train) [3/3]' in second.out and 'Iter(train) [1/3]' not in second.out
 
-    from src.mmrun import run_checkpoint_globals
+    from src.mm.checkpoints import run_checkpoint_globals
     with torch.serialization.safe_globals(run_checkpoint_globals()):
         run_file = torch.load(work / 'iter_3.pth', map_location='cpu', weights_only=True)
     assert run_file['meta']['iter'] == 3

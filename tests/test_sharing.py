@@ -1,7 +1,6 @@
 """Sharing weights: torch.hub entries, safetensors wherever a checkpoint is read, the timm / Hugging Face
 folder of tools/convert.py, and mmdet 2.x release files converted for mmdet 3's own loaders."""
 import argparse
-import importlib.util
 import json
 
 import pytest
@@ -9,13 +8,12 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import ROOT
+from helpers import load_tool
 from src import zoo
 from src.convmlp import convmlp_s
 from src.weights import CheckpointError
 
-spec = importlib.util.spec_from_file_location('tool_convert', ROOT / 'tools' / 'convert.py')
-convert = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(convert)
+convert = load_tool('convert')
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -103,7 +101,7 @@ def test_safetensors_file_and_url_everywhere(ref, tmp_path, http_server, hub_dir
 
 
 def test_truncated_safetensors_is_one_clear_error(ref, tmp_path, http_server, hub_dir, capsys):
-    from src.cli import build_model
+    from src.model_options import build_model
     whole = tmp_path / 'whole.safetensors'
     save_file(ref.state_dict(), whole)
     cut = tmp_path / 'cut.safetensors'
@@ -215,8 +213,8 @@ def test_mmdet2_release_file_loads_in_mmdet3_init_detector(tmp_path, capsys):
     from mmdet.apis import init_detector
     from mmengine.runner import load_checkpoint
 
-    from src.mmrun import load_checkpoint_for_test
-    from src.shapes import CLASSES
+    from src.mm.checkpoints import load_checkpoint_for_test
+    from src.studies.shapes import CLASSES
     config = 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'
     torch.manual_seed(2)
     trained = build_model(config, 'mmdet')

@@ -1,6 +1,5 @@
 """Research tools: complexity table (fvcore-style MACs), feature-map figure, ONNX / TorchScript export,
 README model zoo table."""
-import importlib.util
 import io
 import re
 import subprocess
@@ -12,21 +11,14 @@ import torch
 from torch import nn
 
 from conftest import ROOT
+from helpers import load_tool
 from src import zoo
 from src.convmlp import ConvMLP, convmlp_s
-from src.export import onnx_bytes, onnx_max_diff, torchscript_bytes
-from src.flops import count_macs
+from src.deploy.export import onnx_bytes, onnx_max_diff, torchscript_bytes
+from src.perf.flops import count_macs
 
 
-def _tool(name):
-    """tools/<name>.py as a module, so tests call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-complexity, visualize, export, zoo_table = (_tool(n) for n in ('complexity', 'visualize', 'export', 'zoo_table'))
+complexity, visualize, export, zoo_table = (load_tool(n) for n in ('complexity', 'visualize', 'export', 'zoo_table'))
 
 
 def _table_rows(markdown):
@@ -120,7 +112,7 @@ def test_complexity_unknown_model_exits_2(capsys):
 # ---- feature-map figure ----------------------------------------------------------------------------
 
 def test_convmlp_stage_maps():
-    from src.feature_maps import convmlp_stage_maps
+    from src.explain.feature_maps import convmlp_stage_maps
     maps = convmlp_stage_maps(convmlp_s(), torch.randn(1, 3, 64, 96))
     assert [label.split('\n')[0] for label, _ in maps] == [
         'tokenizer', 'conv stage', 'ConvMLP stage 1', 'ConvMLP stage 2', 'ConvMLP stage 3']
@@ -129,7 +121,7 @@ def test_convmlp_stage_maps():
 
 def test_visualize_writes_png_grid(tmp_path, capsys):
     from PIL import Image
-    from src.feature_maps import figure_size_px
+    from src.explain.feature_maps import figure_size_px
     out = tmp_path / 'figs' / 'fmaps.png'
     assert visualize.main(['--random', '--img-size', '64', '--channels', '3', '--compare', 'resnet18',
                            '--out', str(out)]) == 0

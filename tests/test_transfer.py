@@ -13,7 +13,8 @@ pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 
 from dense_e2e import ROOT, run  # noqa: E402
-from src.shapes import CLASSES, make_shapes  # noqa: E402
+from helpers import load_tool  # noqa: E402
+from src.studies.shapes import CLASSES, make_shapes  # noqa: E402
 from src.weights import CheckpointError  # noqa: E402
 
 PRETRAINED = {
@@ -74,7 +75,7 @@ def test_crops_are_an_imagefolder_of_other_scenes(tmp_path):
 
 
 def test_shapes_cli_bad_ranges_are_one_line(tmp_path, capsys):
-    from src.shapes import main
+    main = loadload_tool('make_shapes').main
     assert main([str(tmp_path / 'x'), '--objects', '0-3']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'objects range must satisfy 1 <= low <= high' in err, err
@@ -109,7 +110,7 @@ def test_pretrained_configs_load_every_backbone_key_of_a_classification_run(tmp_
 
 
 def test_table_and_curves(tmp_path):
-    from src import transfer as T
+    from src.studies import transfer as T
     pre = dict(top1=97.5, wall_s=61, epochs=2, curve=[(1, 60.), (2, 97.5)])
     curve = lambda v: [dict(step=1, bbox_AP=v / 2, bbox_AP50=v, mask_AP=v / 3, mIoU=v)]  # noqa: E731
     results = {(r.name, i): dict(final=curve(50. if i == 'pretrained' else 10.)[-1], curve=curve(50.), wall_s=125)
@@ -165,15 +166,6 @@ def test_transfer_smoke_end_to_end(tmp_path):
     assert again.returncode == 0 and 'fpn pretrained: reusing the finished run' in again.stdout, again.out
 
 
-def _tool(name):
-    """tools/NAME.py as a module (its main(argv) runs in this process)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _exit_code(main, argv) -> int:
     try:
         return main([str(a) for a in argv])
@@ -182,7 +174,7 @@ def _exit_code(main, argv) -> int:
 
 
 def test_transfer_cli_bad_input_is_one_line(tmp_path, capsys):
-    main = _tool('transfer').main
+    main = load_tool('transfer').main
     for args, message in ((['--models', 'yolo'], 'unknown model yolo in --models: choose from retinanet, maskrcnn, fpn'),
                           (['--inits', 'imagenet'], '--inits takes scratch and/or pretrained'),
                           (['--readme', tmp_path / 'nope.md'], 'README to update not found')):
@@ -216,7 +208,7 @@ def random_checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize('task,name', [('detection', 'retinanet'), ('segmentation', 'fpn')])
 def test_demo_writes_a_png_of_the_input_size(task, name, random_checkpoints, tmp_path, capsys):
-    from src.demo_cli import main
+    from src.mm.demo import main
     config = str(ROOT / PRETRAINED[name][0])
     images = random_checkpoints['images']
     assert main(task, [config, str(random_checkpoints[name]), *images, '--out', str(tmp_path / 'out')]) == 0
@@ -256,7 +248,7 @@ def test_demo_script_exit_code(task, tmp_path):
 
 
 def test_predict_top5_with_names(tmp_path, random_checkpoints, capsys):
-    main = _tool('predict').main
+    main = load_tool('predict').main
     path = tmp_path / 'best.pth.tar'
     _run_checkpoint(path)
     image = random_checkpoints['images'][0]

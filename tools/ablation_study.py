@@ -2,7 +2,7 @@
 (Pure-MLP baseline, + conv stage, + conv downsampling, ConvMLP) at the size of ConvMLP-S, trained from
 scratch on the demo's digits (32 px) with configs/classification/demo_digits.yml, several seeds each; then
 a table of held-out top-1 (mean ± std over seeds), params, MACs at 32 and 224 px and wall time per run,
-and the top-1 curves. A small-scale study, not the paper's ImageNet figures. See src/ablation_study.py.
+and the top-1 curves. A small-scale study, not the paper's ImageNet figures. See src/studies/ablation.py.
 
     python tools/ablation_study.py                                  # 4 rows x 3 seeds x 3 epochs
     python tools/ablation_study.py --rows pure_mlp convmlp --seeds 1 --epochs 1 --out output/quick
@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.ablation_study import ARCH_CHOICES, ROWS, report, run_study  # noqa: E402
-from src.cli import fail  # noqa: E402
+from src.studies.ablation import ARCH_CHOICES, ROWS, report, run_study  # noqa: E402
+from src.utils.errors import UsageError, fail  # noqa: E402
 
 DEFAULT_DATA = Path('data/digits')
 
@@ -65,7 +65,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.config.is_file():
         fail(f'--config {args.config} does not exist: give a classification.py YAML file')
     if args.data is None:
-        from src.train.config import UsageError
         from src.train.digits import write_digits_imagefolder
         try:
             args.data = write_digits_imagefolder(DEFAULT_DATA)

@@ -6,12 +6,12 @@
 
 Per row: images/s (best of --iters timed steps after --warmup), the ratio to the baseline row (the release's
 forward with glibc's default malloc) of the same model/step/batch/resolution, peak memory as tensors and as
-resident set size (methods: src/bench.py docstring), achieved GFLOP/s and its share of the machine's
+resident set size (methods: src/perf/benchmark.py docstring), achieved GFLOP/s and its share of the machine's
 measured matmul peak in the row's dtype. On CPU two more rows per step separate the allocator's share
-(src/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default.
+(src/utils/malloc.py) from the rest: the baseline with kept freed memory, the fp32 fast path with glibc's default.
 The "matrix products alone (floor)" rows count only the time the fast path's step spends in convolutions
 and matrix multiplies: their ratio to the baseline is the most that faster elementwise work could reach.
-The "onnxruntime" row runs the exported ONNX model (src/export.py) under ONNX Runtime on the same batch, with
+The "onnxruntime" row runs the exported ONNX model (src/deploy/export.py) under ONNX Runtime on the same batch, with
 its parity to the eager model (max abs difference of the logits, top-1 agreement) below the table.
 The output starts with the CPU's instruction set; rows in a dtype the CPU only emulates (bf16 without
 AVX512-BF16 / AMX) are marked "emulated".
@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src import bench, precision  # noqa: E402
+from src.perf import benchmark as bench  # noqa: E402
+from src.utils import precision  # noqa: E402
 
 MODELS = {'s': 'convmlp_s', 'm': 'convmlp_m', 'l': 'convmlp_l'}
 BOTH = {'both': [False, True], 'off': [False], 'only': [True]}

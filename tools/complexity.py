@@ -7,7 +7,7 @@
     python tools/complexity.py --skip-dense                     # without the mmdet / mmseg models
     python tools/complexity.py --ablation                       # every row of the ablation, S/M/L
 
-MACs are counted as fvcore counts them (src/flops.py; one multiply-add = 1, BatchNorm and LayerNorm
+MACs are counted as fvcore counts them (src/perf/flops.py; one multiply-add = 1, BatchNorm and LayerNorm
 included). The paper's figure is marked ✓ when the measurement rounds to it, ✓ 2-step when it does after
 rounding to one more decimal first, and ✗ where they differ by more than rounding. Models are built with random weights: nothing is downloaded, no GPU is needed.
 """
@@ -26,9 +26,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from src import zoo  # noqa: E402
-from src.cli import fail, parse_size  # noqa: E402
-from src.flops import count_macs, count_params  # noqa: E402
-from src.markdown import table  # noqa: E402
+from src.model_options import parse_size  # noqa: E402
+from src.utils.errors import fail  # noqa: E402
+from src.perf.flops import count_macs, count_params  # noqa: E402
+from src.utils.markdown import table  # noqa: E402
 
 MARKS = ('✓', '✓ 2-step', '✗ differs')  # best to worst; a row shows its worst
 HEADERS = ['Model', 'Input', 'Params (paper)', 'Params (measured)', 'MACs (paper)', 'MACs (measured)', 'Agrees']

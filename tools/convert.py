@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from src import zoo  # noqa: E402
-from src.atomic import atomic_save  # noqa: E402
-from src.cli import fail  # noqa: E402
+from src.utils.atomic import atomic_save  # noqa: E402
+from src.utils.errors import fail  # noqa: E402
 from src.convmlp import ARCHS, ConvMLP  # noqa: E402
-from src.markdown import table  # noqa: E402
+from src.utils.markdown import table  # noqa: E402
 from src.weights import (CheckpointError, fetch, load_checkpoint_file, state_dict_mismatch,  # noqa: E402
                          unwrap_state_dict)
 
@@ -166,7 +166,7 @@ def convert_mm(args: argparse.Namespace) -> int:
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from src.mmrun import convert_legacy_checkpoint, run_checkpoint_globals
+    from src.mm.checkpoints import convert_legacy_checkpoint, run_checkpoint_globals
     if not os.path.isfile(args.config):
         fail(f'config not found: {args.config}')
     if os.path.exists(args.out):

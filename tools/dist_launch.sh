@@ -7,6 +7,8 @@
 # NUM_PROC is per node and may not exceed the node's GPUs (or CPU cores) unless
 # CONVMLP_ALLOW_OVERSUBSCRIBE=1; nor may NUM_PROC x OMP_NUM_THREADS exceed the cores (the launcher then
 # uses cores / NUM_PROC threads per process, with a warning) unless CONVMLP_ALLOW_OVERSUBSCRIBE=1.
+# With the project's .venv (PYTHON unset), the OpenMMLab layer is installed first if it is not yet
+# (tools/install.sh openmmlab: mmcv built from source, about 17 min on 2 cores the first time).
 set -euo pipefail
 
 TASK=${1:-}
@@ -34,5 +36,8 @@ if [ "${1:-}" = --test ]; then
     CHECKPOINT=$2
     shift 2
     set -- "$CHECKPOINT" "$@"
+fi
+if [[ -z "${PYTHON:-}" && -x "$ROOT/.venv/bin/python" ]]; then  # the project's environment: its OpenMMLab layer
+    VENV="$ROOT/.venv" bash "$ROOT/tools/install.sh" openmmlab
 fi
 run_torchrun "$NUM_PROC" "$SCRIPT" "$CONFIG" "$@" --data-root "$DATA_ROOT" --launcher pytorch

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from src.atomic import atomic_write  # noqa: E402
-from src.cli import add_model_args, build_model, fail, parse_size  # noqa: E402
-from src.export import onnx_bytes, onnx_max_diff, torchscript_bytes, torchscript_max_diff  # noqa: E402
+from src.utils.atomic import atomic_write  # noqa: E402
+from src.model_options import add_model_args, build_model, parse_size  # noqa: E402
+from src.utils.errors import fail, report  # noqa: E402
+from src.deploy.export import onnx_bytes, onnx_max_diff, torchscript_bytes, torchscript_max_diff  # noqa: E402
 
 FORMATS = {'onnx': ('.onnx', onnx_bytes, onnx_max_diff),
            'torchscript': ('.ts.pt', torchscript_bytes, torchscript_max_diff)}
@@ -76,8 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f'  {fmt:<11} input {"x".join(map(str, shape))}: max abs diff {diff:.2e}')
         path = args.out_dir / f'{stem}{suffix}'
         if max(diffs.values()) > args.tol:
-            print(f'error: {fmt} output differs from eager by more than --tol {args.tol:g}; {path} not written',
-                  file=sys.stderr)
+            report(f'{fmt} output differs from eager by more than --tol {args.tol:g}; {path} not written')
             failed = True
             continue
         with atomic_write(path) as f:

@@ -1,10 +1,10 @@
 """Transfer in miniature, one command (`make transfer`): generate the shapes data, pretrain ConvMLP-S on
 the cropped objects (classification.py), train RetinaNet-S, Mask R-CNN-S and Semantic FPN-S with that
 backbone (init_cfg) and from scratch, and write one table, the validation curves and prediction pictures.
-Everything on CPU, nothing downloaded; see src/transfer.py for the layout of --out.
+Everything on CPU, nothing downloaded; see src/studies/transfer.py for the layout of --out.
 
     python tools/transfer.py                       # work_dirs/transfer, data in data/transfer
-    python tools/transfer.py --docs docs --readme README.md   # also refresh the README's table and figures
+    python tools/transfer.py --docs docs --readme docs/transfer.md   # also refresh the docs' table and figures
     python tools/transfer.py --models fpn --smoke   # plumbing check: tiny data, 1-2 iterations per run
 
 A finished step is reused when the command runs again (its transfer_result.json): --fresh starts over.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cli import fail  # noqa: E402
+from src.utils.errors import fail  # noqa: E402
 
 
 def _pair(text: str):
@@ -38,7 +38,7 @@ def _size(text: str):
 
 
 def main(argv=None) -> int:
-    from src import transfer as T
+    from src.studies import transfer as T
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--out', type=Path, default=Path('work_dirs/transfer'), help='runs, table, curves (default %(default)s)')
     p.add_argument('--data', type=Path, default=None, help='generated data (default data/transfer; '
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
                    'run (numbers meaningless)')
     p.add_argument('--fresh', action='store_true', help='delete OUT\'s earlier runs first (not the data)')
     p.add_argument('--docs', type=Path, default=None, help='copy the curves and pictures here (transfer_*.png)')
-    p.add_argument('--readme', type=Path, default=None, help='put the table between the transfer markers of this file')
+    p.add_argument('--readme', type=Path, default=None, help='put the table between the transfer markers of this Markdown page (make transfer: docs/transfer.md)')
     p.add_argument('--quiet', action='store_true', help="only this tool's lines, not the runs' logs (in OUT/logs)")
     args = p.parse_args(argv)
 

@@ -36,10 +36,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from src import zoo  # noqa: E402
-from src.atomic import atomic_write  # noqa: E402
-from src.cli import add_model_args, build_model, fail, parse_size  # noqa: E402
+from src.utils.atomic import atomic_write  # noqa: E402
+from src.model_options import add_model_args, build_model, parse_size  # noqa: E402
+from src.utils.errors import fail  # noqa: E402
 from src.convmlp import ABLATION_TITLES, ARCHS  # noqa: E402
-from src.feature_maps import (convmlp_stage_maps, feature_grid, png_bytes, stage_rows_figure,  # noqa: E402
+from src.explain.feature_maps import (convmlp_stage_maps, feature_grid, png_bytes, stage_rows_figure,  # noqa: E402
                               timm_stage_maps, token_block_maps)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

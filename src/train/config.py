@@ -4,7 +4,7 @@
 options given on the command line win, and every switch a config can turn on has its ``--no-...`` (``--aug``
 for ``no_aug``) to turn it off again. ``_base_: other.yml`` (or a list) loads other files first, as in
 OpenMMLab configs. Anything a user can get wrong is checked here or where it is
-first known and raised as :class:`UsageError`: the CLI prints its message and exits with code 2.
+first known and raised as :class:`~src.utils.errors.UsageError`: the CLI prints its message and exits with code 2.
 """
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ['UsageError', 'did_you_mean', 'build_parser', 'parse_args', 'check_model_name']
+from ..utils.errors import UsageError
 
-
-class UsageError(Exception):
-    """Bad input: the message names the problem and the fix; the CLI exits with code 2, no traceback."""
+__all__ = ['did_you_mean', 'build_parser', 'parse_args', 'check_model_name']
 
 
 def did_you_mean(word: str, choices: Sequence[str]) -> str:

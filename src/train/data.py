@@ -23,14 +23,20 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import UsageError, did_you_mean
+from ..utils.errors import UsageError
+from .config import did_you_mean
 
-__all__ = ['Unreadable', 'ImageFiles', 'SeededSamples', 'EpochSampler', 'build_dataset', 'dataset_classes',
-           'collate_skipping', 'build_loader']
+__all__ = ['Unreadable', 'ImageFiles', 'SeededSamples', 'EpochSampler', 'split_folders', 'build_dataset',
+           'dataset_classes', 'collate_skipping', 'build_loader']
 
 _SPLIT_SYNONYMS = {'train': ('train', 'training'), 'validation': ('validation', 'val', 'valid', 'eval'),
                    'val': ('val', 'validation', 'valid', 'eval'), 'valid': ('valid', 'val', 'validation'),
                    'test': ('test', 'testing')}
+
+
+def split_folders(split: str) -> Tuple[str, ...]:
+    """The folder names a split may have under the data dir, in the order they are looked for."""
+    return _SPLIT_SYNONYMS.get(split, (split,))
 
 
 @dataclass
@@ -68,7 +74,7 @@ def _image_folder(root: Path, split: str, transform: Callable) -> ImageFiles:
         raise UsageError(f'data dir {root} does not exist: pass the dataset root (holding the split folders)')
     folder = root
     if split:
-        found = [root / s for s in _SPLIT_SYNONYMS.get(split, (split,)) if (root / s).is_dir()]
+        found = [root / s for s in split_folders(split) if (root / s).is_dir()]
         if not found:
             subdirs = sorted(d.name for d in root.iterdir() if d.is_dir())
             raise UsageError(f"no '{split}' split folder in {root} (found: {', '.join(subdirs) or 'nothing'}): "

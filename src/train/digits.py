@@ -13,8 +13,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write
-from .config import UsageError
+from ..utils.atomic import atomic_write
+from ..utils.errors import UsageError
 
 __all__ = ['write_digits_imagefolder']
 

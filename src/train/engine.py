@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.utils import accuracy, dispatch_clip_grad
 
-from .. import precision
-from .config import UsageError
+from ..utils import precision
+from ..utils.errors import UsageError
 
 __all__ = ['Position', 'UnreadableLog', 'train_one_epoch', 'evaluate']
 
@@ -148,7 +148,7 @@ def evaluate(model, loader, *, device, autocast, unreadable: UnreadableLog) -> d
 def autocast_for(device: torch.device, amp: bool, amp_dtype: Optional[str]):
     """The autocast context to use: a no-op without ``amp``; with it, fp16 (or ``amp_dtype``) on CUDA, and on
     CPU bf16 (or ``amp_dtype``) where the CPU computes it natively, fp32 with one warning where it is
-    emulated (:func:`src.precision.amp_dtype`)."""
+    emulated (:func:`src.utils.precision.amp_dtype`)."""
     if not amp:
         return contextlib.nullcontext
     try:

@@ -1,6 +1,6 @@
 """What a run leaves in OUTPUT/EXPERIMENT besides checkpoints: ``train.log``, ``args.yaml``,
 ``summary.csv`` (one row per epoch) and ``summary.png`` (loss and accuracy curves). All files but the log
-are rewritten whole through :func:`src.atomic.atomic_write`; the summary is rebuilt from the rows stored in
+are rewritten whole through :func:`src.utils.atomic.atomic_write`; the summary is rebuilt from the rows stored in
 the checkpoint, so a resumed run never repeats or loses a row."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import List
 
 import yaml
 
-from ..atomic import atomic_write
+from ..utils.atomic import atomic_write
 
 __all__ = ['default_experiment', 'setup_logging', 'write_args', 'write_summary', 'plot_summary', 'SUMMARY_FIELDS']
 

@@ -1,54 +1,47 @@
-"""``main(argv)`` of classification.py: train (or ``--evaluate``) a timm model, single process or DDP."""
-from __future__ import annotations
+"""``main(argv)`` of classification.py: train (or ``--evaluate``) a timm model, single process or DDP.
 
+A training run goes in steps, each its own function: the data and every input check
+(:func:`prepare_data`: bad input leaves no trace on disk), the run folder and the checkpoint to resume from
+(:func:`prepare_run_folder`), then a :class:`Training` that builds what the run holds (model, EMA,
+optimizer, schedule, loss), restores a checkpoint into it, and trains epoch by epoch, saving after each.
+"""
 import logging
-import os
 import random
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..malloc import keep_freed_memory
-from ..weights import CheckpointError
+from ..utils.distributed import Processes, setup_process, teardown_process
+from ..utils.errors import UsageError, report
+from ..utils.rng import rng_state, set_rng_state
 from . import data as D
-from .config import UsageError, check_model_name, parse_args
+from .config import check_model_name, parse_args
 from .engine import Position, UnreadableLog, autocast_for, evaluate, train_one_epoch
 from .outputs import default_experiment, plot_summary, setup_logging, write_args, write_summary
 from .state import (FORMAT, CheckpointFiles, find_resume_checkpoint, load_training_state, load_weights,
-                    rng_state, set_rng_state, state_dict_of)
+                    state_dict_of)
 
-__all__ = ['main']
+__all__ = ['main', 'Training', 'prepare_data', 'prepare_run_folder']
 
 _log = logging.getLogger('train')
 
 
-def _init_distributed(device_arg: Optional[str]):
-    """(device, rank, world_size); under torchrun the process group is gloo on CPU, nccl on CUDA."""
-    use_cuda = torch.cuda.is_available() if device_arg is None else device_arg.startswith('cuda')
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
-    if use_cuda:
-        device = torch.device(f'cuda:{local_rank}' if world > 1 else (device_arg or 'cuda'))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device('cpu')
-        try:
-            keep_freed_memory()  # no page faults for every step's activations (src/malloc.py)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if use_cuda else 'gloo')
-    return device, rank, world
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+# ---- the model and its data ----------------------------------------------------------------------------
+def _create_model(args, **kwargs):
+    """``timm.create_model(args.model, **kwargs)`` with ``--model-kwargs`` (a config's ``model_kwargs``) on
+    top; a keyword the model does not take, or a value it refuses, is a UsageError."""
+    import timm
+    extra = args.model_kwargs or {}
+    if not isinstance(extra, dict):
+        raise UsageError(f'model_kwargs must be a mapping of argument: value, got {extra!r}')
+    try:
+        return timm.create_model(args.model, **{**kwargs, **extra})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f'model {args.model} with model_kwargs {extra}: {e}') from None
 
 
 def _build_model(args, num_classes: int):
@@ -63,9 +56,11 @@ def _build_model(args, num_classes: int):
     return model
 
 
-def _transforms(args, model):
+def _transforms(args):
+    """(timm data config, train transform, eval transform) of the model, from a probe model (no weights)."""
     from timm.data import create_transform, resolve_data_config
-    cfg = resolve_data_config(vars(args), model=model)
+    probe = _create_model(args, pretrained=False, num_classes=args.num_classes or 1000)
+    cfg = resolve_data_config(vars(args), model=probe)
     train_tf = create_transform(
         cfg['input_size'], is_training=True, no_aug=args.no_aug, scale=args.scale, ratio=args.ratio,
         hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
@@ -87,6 +82,29 @@ def _check_classes(args, found: Optional[int]) -> int:
     return found
 
 
+@dataclass
+class Data:
+    """The datasets of a training run and what follows from them."""
+    train_set: object
+    val_set: object
+    num_classes: int
+    data_cfg: dict
+    class_names: Optional[List[str]]  # an ImageFolder's class folders, in index order
+
+
+def prepare_data(args) -> Data:
+    """Model name, datasets and class count checked: every input check before anything is written."""
+    check_model_name(args.model)
+    cfg, train_tf, eval_tf = _transforms(args)
+    train_set = D.build_dataset(args.dataset, args.data_dir, args.train_split, train_tf, args.download, True)
+    val_set = D.build_dataset(args.dataset, args.data_dir, args.val_split, eval_tf, args.download)
+    num_classes = _check_classes(args, D.dataset_classes(train_set))
+    names = getattr(train_set, 'classes', None)
+    class_names = [str(c) for c in names] if names and len(names) == num_classes else None
+    return Data(train_set, val_set, num_classes, cfg, class_names)
+
+
+# ---- the run folder -------------------------------------------------------------------------------------
 def _resolve_run_dir(args, world: int) -> Path:
     if not args.experiment:
         if args.resume == 'auto':
@@ -108,49 +126,16 @@ def _guard_run_dir(run_dir: Path, args) -> None:
                          f'to continue that run, --overwrite to start it again, or another --experiment')
 
 
-def _evaluate_only(args, device, rank, world) -> int:
-    import timm
-    source = args.resume or args.initial_checkpoint
-    if not (source or args.pretrained) or source == 'auto':
-        raise UsageError('--evaluate needs weights: --resume CKPT, --initial-checkpoint CKPT or --pretrained')
-    check_model_name(args.model)
-    _, _, eval_tf = _transforms(args, _build_model_probe(args))
-    val = D.build_dataset(args.dataset, args.data_dir, args.val_split, eval_tf, args.download)
-    num_classes = _check_classes(args, D.dataset_classes(val))
-    model = timm.create_model(args.model, pretrained=args.pretrained and not source, num_classes=num_classes)
-    if source:
-        load_weights(model, source, use_ema=args.use_ema)
-    model.to(device)
-    sampler = D.EpochSampler(len(val), shuffle=False, rank=rank, num_replicas=world, pad=False)
-    loader = D.build_loader(val, sampler, args.validation_batch_size or args.batch_size, args.workers, False, args.seed)
-    m = evaluate(model, loader, device=device, autocast=autocast_for(device, args.amp, args.amp_dtype),
-                 unreadable=UnreadableLog(args.strict_images))
-    if rank == 0:
-        print(f"evaluate {args.model} ({source or 'pretrained'}) on {m['n']} images: top-1 {m['top1']:.3f} "
-              f"top-5 {m['top5']:.3f} loss {m['eval_loss']:.4f}", flush=True)
-    return 0
-
-
-def train(args, device, rank, world) -> int:
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, NativeScaler
-
-    is_main = rank == 0
-    check_model_name(args.model)  # every input check first: bad input leaves no trace on disk
-    cfg, train_tf, eval_tf = _transforms(args, _build_model_probe(args))
-    train_set = D.build_dataset(args.dataset, args.data_dir, args.train_split, train_tf, args.download, True)
-    val_set = D.build_dataset(args.dataset, args.data_dir, args.val_split, eval_tf, args.download)
-    num_classes = _check_classes(args, D.dataset_classes(train_set))
-    run_dir = _resolve_run_dir(args, world)
+def prepare_run_folder(args, procs: Processes) -> Tuple[Path, Optional[dict]]:
+    """The run folder (created, logging into its train.log) and the checkpoint to resume from, if any.
+    With ``--overwrite`` and nothing to resume, the folder's old checkpoints are deleted."""
+    run_dir = _resolve_run_dir(args, procs.world_size)
     _guard_run_dir(run_dir, args)
-    if is_main:
+    if procs.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    if world > 1:
+    if procs.world_size > 1:
         dist.barrier()
-    setup_logging(run_dir / 'train.log', is_main)
+    setup_logging(run_dir / 'train.log', procs.is_main)
     resume = None
     if args.resume == 'auto':
         resume = find_resume_checkpoint(run_dir)
@@ -161,166 +146,238 @@ def train(args, device, rank, world) -> int:
                   f"and {resume['position']['step']} steps done")
     elif args.resume == 'auto':
         _log.info(f'--resume auto: no checkpoint in {run_dir}, starting a new run')
-    elif args.overwrite and is_main:  # asked to start again: no stale checkpoint may survive
+    elif args.overwrite and procs.is_main:  # asked to start again: no stale checkpoint may survive
         for old in run_dir.glob('*.pth.tar'):
             old.unlink()
+    return run_dir, resume
 
-    _seed_everything(args.seed + rank)
-    model = _build_model(args, num_classes).to(device)
-    ema = ModelEmaV3(model, decay=args.model_ema_decay, device=device) if args.model_ema else None
-    opt_kwargs = {'eps': args.opt_eps} if args.opt_eps else {}
-    if args.opt.lower() in ('adam', 'adamw'):
-        opt_kwargs['fused'] = True  # one kernel per step instead of a loop over parameters (CPU and CUDA)
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, **opt_kwargs)
-    scaler = NativeScaler(device=device.type) if args.amp and device.type == 'cuda' and \
-        (args.amp_dtype or 'float16') == 'float16' else None
-    autocast = autocast_for(device, args.amp, args.amp_dtype)
 
-    batch = args.batch_size
-    train_sampler = D.EpochSampler(len(train_set), seed=args.seed, rank=rank, num_replicas=world)
-    steps = len(train_sampler) // batch
-    if steps == 0:
-        raise UsageError(f'{len(train_set)} training images give no full batch of {batch} per process: '
-                         f'lower --batch-size')
-    scheduler, num_epochs = create_scheduler_v2(
-        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
-        decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
-        cooldown_epochs=args.cooldown_epochs, updates_per_epoch=steps)
-    mixup_on = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                  label_smoothing=args.smoothing, num_classes=num_classes) if mixup_on else None
-    if mixup_on:
-        loss_fn = SoftTargetCrossEntropy()
-    elif args.smoothing:
-        loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        loss_fn = torch.nn.CrossEntropyLoss()
+# ---- training ---------------------------------------------------------------------------------------------
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
-    pos, history, best = Position(), [], None
-    if resume is not None:
-        model.load_state_dict(resume['state_dict'])
-        if ema is not None and resume.get('state_dict_ema') is not None:
-            ema.module.load_state_dict(resume['state_dict_ema'])
-        optimizer.load_state_dict(resume['optimizer'])
-        scheduler.load_state_dict(resume['scheduler'])
-        if scaler is not None and resume.get('scaler') is not None:
-            scaler.load_state_dict(resume['scaler'])
-        pos = Position(**resume['position'])
-        history, best = list(resume['history']), resume.get('best')
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
 
-    files = CheckpointFiles(run_dir, keep=args.keep_checkpoints)
-    names = getattr(train_set, 'classes', None)  # an ImageFolder's class folders, in index order
-    class_names = [str(c) for c in names] if names and len(names) == num_classes else None
-    args_dict = {k: v for k, v in vars(args).items()}
+class Training:
+    """One training run: what it holds (model, EMA, optimizer, scheduler, scaler, loss, data order), where
+    it is (:class:`~src.train.engine.Position`, the summary rows, the best epoch) and its steps.
 
-    def snapshot() -> dict:
-        rngs = [rng_state()]
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, rng_state())
-        return dict(format=FORMAT, arch=args.model, num_classes=num_classes, classes=class_names,
-                    state_dict=state_dict_of(model),
-                    state_dict_ema=state_dict_of(ema.module) if ema is not None else None,
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict() if scaler is not None else None, position=pos.state_dict(),
-                    rng=rngs, world_size=world, history=history, best=best, args=args_dict)
+    Built in a fixed order from the run's seed, so that a run and its resumed continuation draw the same
+    random numbers: the model's initial weights first, the RNG states of a resumed checkpoint last."""
 
-    def on_step(p: Position) -> None:
-        if args.checkpoint_interval and p.step % args.checkpoint_interval == 0 and p.step < steps:
-            state = snapshot()
-            if is_main:
-                files.save_recovery(state)
+    def __init__(self, args, data: Data, run_dir: Path, device: torch.device, procs: Processes):
+        from timm.utils import ModelEmaV3, NativeScaler
+        self.args, self.data, self.run_dir, self.device, self.procs = args, data, run_dir, device, procs
+        _seed_everything(args.seed + procs.rank)
+        self.model = _build_model(args, data.num_classes).to(device)
+        self.ema = ModelEmaV3(self.model, decay=args.model_ema_decay, device=device) if args.model_ema else None
+        self.optimizer = self._optimizer()
+        self.scaler = NativeScaler(device=device.type) if args.amp and device.type == 'cuda' and \
+            (args.amp_dtype or 'float16') == 'float16' else None
+        self.autocast = autocast_for(device, args.amp, args.amp_dtype)
+        self.train_sampler = D.EpochSampler(len(data.train_set), seed=args.seed, rank=procs.rank,
+                                            num_replicas=procs.world_size)
+        self.steps = len(self.train_sampler) // args.batch_size
+        if self.steps == 0:
+            raise UsageError(f'{len(data.train_set)} training images give no full batch of {args.batch_size} '
+                             f'per process: lower --batch-size')
+        self.scheduler, self.num_epochs = self._scheduler()
+        self.mixup, self.loss_fn = self._mixup_and_loss()
+        self.pos, self.history, self.best = Position(), [], None
+        self.files = CheckpointFiles(run_dir, keep=args.keep_checkpoints)
+        self.unreadable = UnreadableLog(args.strict_images)
 
-    if is_main:
-        write_args(args_dict, run_dir / 'args.yaml')
-        if history:
-            write_summary(history, run_dir / 'summary.csv')
-        n_params = sum(p.numel() for p in model.parameters())
-        _log.info(f'{args.model}: {n_params / 1e6:.2f}M params, {num_classes} classes, input {cfg["input_size"]}; '
-                  f'{len(train_set)} train / {len(val_set)} val images; {world} process(es) on {device}, '
-                  f'{steps} steps/epoch, {num_epochs} epochs; outputs in {run_dir}')
+    def _optimizer(self):
+        from timm.optim import create_optimizer_v2
+        args = self.args
+        kwargs = {'eps': args.opt_eps} if args.opt_eps else {}
+        if args.opt.lower() in ('adam', 'adamw'):
+            kwargs['fused'] = True  # one kernel per step instead of a loop over parameters (CPU and CUDA)
+        return create_optimizer_v2(self.model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                   momentum=args.momentum, **kwargs)
 
-    val_sampler = D.EpochSampler(len(val_set), shuffle=False, rank=rank, num_replicas=world, pad=False)
-    val_loader = D.build_loader(val_set, val_sampler, args.validation_batch_size or batch, args.workers,
-                                False, args.seed)
-    seeded_train = D.SeededSamples(train_set, args.seed)
-    unreadable = UnreadableLog(args.strict_images)
-    if resume is not None:  # last: everything built above may have drawn random numbers
-        rngs = resume['rng']
+    def _scheduler(self):
+        from timm.scheduler import create_scheduler_v2
+        a = self.args
+        return create_scheduler_v2(
+            self.optimizer, sched=a.sched, num_epochs=a.epochs, decay_epochs=a.decay_epochs, decay_rate=a.decay_rate,
+            min_lr=a.min_lr, warmup_lr=a.warmup_lr, warmup_epochs=a.warmup_epochs, cooldown_epochs=a.cooldown_epochs,
+            updates_per_epoch=self.steps)
+
+    def _mixup_and_loss(self):
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        a = self.args
+        if a.mixup > 0 or a.cutmix > 0 or a.cutmix_minmax is not None:
+            mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, cutmix_minmax=a.cutmix_minmax,
+                          prob=a.mixup_prob, switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
+                          label_smoothing=a.smoothing, num_classes=self.data.num_classes)
+            return mixup, SoftTargetCrossEntropy()
+        if a.smoothing:
+            return None, LabelSmoothingCrossEntropy(smoothing=a.smoothing)
+        return None, torch.nn.CrossEntropyLoss()
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def restore(self, resume: dict) -> None:
+        """Continue from a checkpoint: weights, EMA, optimizer, scheduler, scaler, position and summary
+        rows. Its RNG states go back in :meth:`restore_rng`, once everything else is built."""
+        self.model.load_state_dict(resume['state_dict'])
+        if self.ema is not None and resume.get('state_dict_ema') is not None:
+            self.ema.module.load_state_dict(resume['state_dict_ema'])
+        self.optimizer.load_state_dict(resume['optimizer'])
+        self.scheduler.load_state_dict(resume['scheduler'])
+        if self.scaler is not None and resume.get('scaler') is not None:
+            self.scaler.load_state_dict(resume['scaler'])
+        self.pos = Position(**resume['position'])
+        self.history, self.best = list(resume['history']), resume.get('best')
+
+    def restore_rng(self, resume: dict) -> None:
+        rngs, world = resume['rng'], self.procs.world_size
         if len(rngs) != world:
             _log.warning(f'resuming with {world} processes, the checkpoint had {len(rngs)}: the data order '
                          f'and random draws differ from an uninterrupted run')
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        set_rng_state(rngs[self.procs.rank] if self.procs.rank < len(rngs) else rngs[0])
 
-    for epoch in range(pos.epoch, num_epochs):
+    def snapshot(self) -> dict:
+        """The checkpoint of the run as it is now (every process takes part: the RNG states are gathered)."""
+        rngs = [rng_state()]
+        if self.procs.world_size > 1:
+            rngs = [None] * self.procs.world_size
+            dist.all_gather_object(rngs, rng_state())
+        return dict(format=FORMAT, arch=self.args.model, num_classes=self.data.num_classes,
+                    classes=self.data.class_names, state_dict=state_dict_of(self.model),
+                    state_dict_ema=state_dict_of(self.ema.module) if self.ema is not None else None,
+                    optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                    position=self.pos.state_dict(), rng=rngs, world_size=self.procs.world_size,
+                    history=self.history, best=self.best, args=dict(vars(self.args)))
+
+    def _on_step(self, pos: Position) -> None:
+        """After each step: the recovery checkpoint every ``--checkpoint-interval`` steps inside an epoch."""
+        interval = self.args.checkpoint_interval
+        if interval and pos.step % interval == 0 and pos.step < self.steps:
+            state = self.snapshot()
+            if self.procs.is_main:
+                self.files.save_recovery(state)
+
+    # ---- epochs -----------------------------------------------------------------------------------
+    def train_epoch(self, model, seeded_train, epoch: int) -> float:
+        """One epoch from where the position says it is; returns its mean training loss."""
+        batch = self.args.batch_size
         seeded_train.epoch = epoch
-        train_sampler.set_epoch(epoch, skip=pos.step * batch)
-        loader = D.build_loader(seeded_train, train_sampler, batch, args.workers, True, args.seed + epoch)
-        train_loss = train_one_epoch(
-            train_model, loader, optimizer, loss_fn, pos, steps, device=device, autocast=autocast,
-            scheduler=scheduler, mixup=mixup, ema=ema, scaler=scaler, clip_grad=args.clip_grad,
-            unreadable=unreadable, log_interval=args.log_interval, on_step=on_step, num_epochs=num_epochs)
-        lr = optimizer.param_groups[0]['lr']
-        metrics = evaluate(model, val_loader, device=device, autocast=autocast, unreadable=unreadable)
+        self.train_sampler.set_epoch(epoch, skip=self.pos.step * batch)
+        loader = D.build_loader(seeded_train, self.train_sampler, batch, self.args.workers, True, self.args.seed + epoch)
+        return train_one_epoch(
+            model, loader, self.optimizer, self.loss_fn, self.pos, self.steps, device=self.device,
+            autocast=self.autocast, scheduler=self.scheduler, mixup=self.mixup, ema=self.ema, scaler=self.scaler,
+            clip_grad=self.args.clip_grad, unreadable=self.unreadable, log_interval=self.args.log_interval,
+            on_step=self._on_step, num_epochs=self.num_epochs)
+
+    def end_epoch(self, epoch: int, train_loss: float, val_loader) -> None:
+        """Evaluate (and the EMA), add the summary row, step the scheduler, save the epoch's checkpoint."""
+        lr = self.optimizer.param_groups[0]['lr']
+        kw = dict(device=self.device, autocast=self.autocast, unreadable=self.unreadable)
+        metrics = evaluate(self.model, val_loader, **kw)
         row = dict(epoch=epoch + 1, train_loss=round(train_loss, 6), eval_loss=round(metrics['eval_loss'], 6),
                    top1=round(metrics['top1'], 4), top5=round(metrics['top5'], 4), lr=lr)
-        if ema is not None:
-            m = evaluate(ema.module, val_loader, device=device, autocast=autocast, unreadable=unreadable)
+        if self.ema is not None:
+            m = evaluate(self.ema.module, val_loader, **kw)
             row.update(ema_eval_loss=round(m['eval_loss'], 6), ema_top1=round(m['top1'], 4), ema_top5=round(m['top5'], 4))
-        history.append(row)
-        is_best = best is None or row['top1'] > best['top1']
+        self.history.append(row)
+        is_best = self.best is None or row['top1'] > self.best['top1']
         if is_best:
-            best = dict(epoch=epoch + 1, top1=row['top1'])
-        scheduler.step(epoch + 1, metrics['top1'])
-        pos = Position(epoch=epoch + 1, num_updates=pos.num_updates)
-        state = snapshot()
-        if is_main:
-            files.save_epoch(state, epoch + 1, is_best)
-            write_summary(history, run_dir / 'summary.csv')
-            plot_summary(history, run_dir / 'summary.png')
-            _log.info(f"epoch {epoch + 1}/{num_epochs}: train loss {train_loss:.4f}, eval loss "
+            self.best = dict(epoch=epoch + 1, top1=row['top1'])
+        self.scheduler.step(epoch + 1, metrics['top1'])
+        self.pos = Position(epoch=epoch + 1, num_updates=self.pos.num_updates)
+        state = self.snapshot()
+        if self.procs.is_main:
+            self.files.save_epoch(state, epoch + 1, is_best)
+            write_summary(self.history, self.run_dir / 'summary.csv')
+            plot_summary(self.history, self.run_dir / 'summary.png')
+            skipped = len(self.unreadable.seen)
+            _log.info(f"epoch {epoch + 1}/{self.num_epochs}: train loss {train_loss:.4f}, eval loss "
                       f"{metrics['eval_loss']:.4f}, top-1 {metrics['top1']:.3f}, top-5 {metrics['top5']:.3f}"
-                      + (f", unreadable images skipped {len(unreadable.seen)}" if unreadable.seen else ''))
-    if is_main and history:
-        last = history[-1]
-        _log.info(f"done: top-1 {last['top1']:.3f} on the {len(val_set)} held-out images (best {best['top1']:.3f} "
-                  f"at epoch {best['epoch']}); outputs in {run_dir}")
-    return 0
+                      + (f", unreadable images skipped {skipped}" if skipped else ''))
+
+    def _log_start(self) -> None:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        d = self.data
+        _log.info(f'{self.args.model}: {n_params / 1e6:.2f}M params, {d.num_classes} classes, input '
+                  f'{d.data_cfg["input_size"]}; {len(d.train_set)} train / {len(d.val_set)} val images; '
+                  f'{self.procs.world_size} process(es) on {self.device}, {self.steps} steps/epoch, '
+                  f'{self.num_epochs} epochs; outputs in {self.run_dir}')
+
+    def run(self, resume: Optional[dict]) -> int:
+        """Restore ``resume`` if given, then train the epochs left; the run's last log line says where
+        its outputs are."""
+        if resume is not None:
+            self.restore(resume)
+        model = self.model
+        if self.procs.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        if self.procs.is_main:
+            write_args(dict(vars(self.args)), self.run_dir / 'args.yaml')
+            if self.history:
+                write_summary(self.history, self.run_dir / 'summary.csv')
+            self._log_start()
+        a = self.args
+        val_sampler = D.EpochSampler(len(self.data.val_set), shuffle=False, rank=self.procs.rank,
+                                     num_replicas=self.procs.world_size, pad=False)
+        val_loader = D.build_loader(self.data.val_set, val_sampler, a.validation_batch_size or a.batch_size,
+                                    a.workers, False, a.seed)
+        seeded_train = D.SeededSamples(self.data.train_set, a.seed)
+        if resume is not None:  # last: everything built above may have drawn random numbers
+            self.restore_rng(resume)
+        for epoch in range(self.pos.epoch, self.num_epochs):
+            train_loss = self.train_epoch(model, seeded_train, epoch)
+            self.end_epoch(epoch, train_loss, val_loader)
+        if self.procs.is_main and self.history:
+            last = self.history[-1]
+            _log.info(f"done: top-1 {last['top1']:.3f} on the {len(self.data.val_set)} held-out images (best "
+                      f"{self.best['top1']:.3f} at epoch {self.best['epoch']}); outputs in {self.run_dir}")
+        return 0
 
 
-def _create_model(args, **kwargs):
-    """``timm.create_model(args.model, **kwargs)`` with ``--model-kwargs`` (a config's ``model_kwargs``) on
-    top; a keyword the model does not take, or a value it refuses, is a UsageError."""
+def train(args, device: torch.device, procs: Processes) -> int:
+    data = prepare_data(args)
+    run_dir, resume = prepare_run_folder(args, procs)
+    return Training(args, data, run_dir, device, procs).run(resume)
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+def _evaluate_only(args, device: torch.device, procs: Processes) -> int:
     import timm
-    extra = args.model_kwargs or {}
-    if not isinstance(extra, dict):
-        raise UsageError(f'model_kwargs must be a mapping of argument: value, got {extra!r}')
-    try:
-        return timm.create_model(args.model, **{**kwargs, **extra})
-    except (TypeError, ValueError) as e:
-        raise UsageError(f'model {args.model} with model_kwargs {extra}: {e}') from None
-
-
-def _build_model_probe(args):
-    """A model only to read its pretrained config (input size, mean/std); cheap: no weights loaded."""
-    return _create_model(args, pretrained=False, num_classes=args.num_classes or 1000)
+    source = args.resume or args.initial_checkpoint
+    if not (source or args.pretrained) or source == 'auto':
+        raise UsageError('--evaluate needs weights: --resume CKPT, --initial-checkpoint CKPT or --pretrained')
+    check_model_name(args.model)
+    _, _, eval_tf = _transforms(args)
+    val = D.build_dataset(args.dataset, args.data_dir, args.val_split, eval_tf, args.download)
+    num_classes = _check_classes(args, D.dataset_classes(val))
+    model = timm.create_model(args.model, pretrained=args.pretrained and not source, num_classes=num_classes)
+    if source:
+        load_weights(model, source, use_ema=args.use_ema)
+    model.to(device)
+    sampler = D.EpochSampler(len(val), shuffle=False, rank=procs.rank, num_replicas=procs.world_size, pad=False)
+    loader = D.build_loader(val, sampler, args.validation_batch_size or args.batch_size, args.workers, False, args.seed)
+    m = evaluate(model, loader, device=device, autocast=autocast_for(device, args.amp, args.amp_dtype),
+                 unreadable=UnreadableLog(args.strict_images))
+    if procs.is_main:
+        print(f"evaluate {args.model} ({source or 'pretrained'}) on {m['n']} images: top-1 {m['top1']:.3f} "
+              f"top-5 {m['top5']:.3f} loss {m['eval_loss']:.4f}", flush=True)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         args, _ = parse_args(argv)
-        device, rank, world = _init_distributed(args.device)
+        use_cuda = torch.cuda.is_available() if args.device is None else args.device.startswith('cuda')
+        device, procs = setup_process((args.device or 'cuda') if use_cuda else 'cpu')
         try:
-            return (_evaluate_only if args.evaluate else train)(args, device, rank, world)
+            return (_evaluate_only if args.evaluate else train)(args, device, procs)
         finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    except (UsageError, CheckpointError) as e:
-        print(f'classification.py: error: {e}', file=sys.stderr, flush=True)
-        return 2
+            teardown_process()
+    except UsageError as e:  # a CheckpointError too
+        return report(e, 'classification.py')

@@ -1,6 +1,6 @@
 """Training checkpoints: what they hold, where they go, how a run resumes from them.
 
-Files of a run folder (all written with :func:`src.atomic.atomic_save`, so a crash while saving leaves the
+Files of a run folder (all written with :func:`src.utils.atomic.atomic_save`, so a crash while saving leaves the
 previous file intact)::
 
     checkpoint-E.pth.tar   state after epoch E (the newest ``keep`` are kept)
@@ -18,42 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_save, atomic_write
+from ..utils.atomic import atomic_save, atomic_write
 from ..weights import CheckpointError, load_checkpoint_file, load_state_dict, state_dict_mismatch
 
-__all__ = ['rng_state', 'set_rng_state', 'CheckpointFiles', 'find_resume_checkpoint', 'load_weights']
+__all__ = ['CheckpointFiles', 'find_resume_checkpoint', 'load_weights']
 
 _log = logging.getLogger('train')
 FORMAT = 'convmlp-train-1'
-
-
-def rng_state() -> dict:
-    """This process's python / numpy / torch (and CUDA) RNG states, as tensors and plain values."""
-    np_state = np.random.get_state()
-    state = dict(python=random.getstate(),
-                 numpy=(np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-                 torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate((state['python'][0], tuple(state['python'][1]), state['python'][2]))
-    name, keys, *rest = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -1,4 +1,4 @@
-# The generated shapes in COCO layout (`python -m src.shapes ROOT` writes ROOT/coco): 3 classes,
+# The generated shapes in COCO layout (`python tools/make_shapes.py ROOT` writes ROOT/coco): 3 classes,
 # ~128 px images. Same pipeline as coco_detection.py at a small scale.
 _base_ = './coco_detection.py'
 data_root = 'data/shapes/coco/'

@@ -1,4 +1,4 @@
-# The generated shapes in ADE20K layout (`python -m src.shapes ROOT` writes ROOT/ade): 4 classes
+# The generated shapes in ADE20K layout (`python tools/make_shapes.py ROOT` writes ROOT/ade): 4 classes
 # (background, circle, square, triangle) after reduce_zero_label (label 0 = shape outlines, ignored).
 # ade20k.py's pipeline at the scenes' scale: a whole 128x96 scene, rescaled 0.8-1.25x, cropped to 128x96
 # (ADE20K's 0.5-2x and a 96x96 crop cut the large shapes, and a part of one is any shape: the transfer

@@ -1,4 +1,4 @@
-# Mask R-CNN-S on the generated shapes (`python -m src.shapes data/shapes`): the demo and test config.
+# Mask R-CNN-S on the generated shapes (`python tools/make_shapes.py data/shapes`): the demo and test config.
 # The release's model, with 3 classes, ~128 px images, a short schedule and a backbone from scratch
 # (no download; set model.backbone.init_cfg=dict(type='Pretrained') to start from ImageNet weights).
 _base_ = [

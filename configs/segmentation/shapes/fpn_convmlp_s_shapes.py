@@ -1,4 +1,4 @@
-# Semantic FPN-S on the generated shapes (`python -m src.shapes data/shapes`): the demo and test config.
+# Semantic FPN-S on the generated shapes (`python tools/make_shapes.py data/shapes`): the demo and test config.
 # The release's model and optimizer, with 4 classes, 128x96 crops, a short schedule and a backbone from
 # scratch (no download; set model.backbone.init_cfg=dict(type='Pretrained') for ImageNet weights).
 _base_ = [

@@ -24,8 +24,8 @@ import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
-from .convmlp import ARCHS, ConvMLP
-from .weights import load_pretrained
+from ..convmlp import ARCHS, ConvMLP
+from ..weights import load_pretrained
 
 __all__ = ['DenseConvMLP', 'VARIANTS', 'make_backbones']
 
@@ -85,7 +85,7 @@ def make_backbones(prefix: str, registry, module: str) -> Tuple[Type[DenseConvML
         cls = type(name, (DenseConvMLP,), dict(
             arch=arch, __module__=module,
             __doc__=f'{arch} dense backbone, registered as ``{name}`` in the {registry.scope} MODELS '
-                    f'registry: see :class:`src.dense.DenseConvMLP`.'))
+                    f'registry: see :class:`src.mm.backbone.DenseConvMLP`.'))
         registry.register_module(name=name, module=cls)
         classes.append(cls)
     return tuple(classes)

@@ -1,14 +1,16 @@
 """Command line of ``detection/demo.py`` and ``segmentation/demo.py``: pictures of a model's predictions
-(:mod:`src.inference`). Bad input (missing or unreadable image, missing or wrong config, a checkpoint that
-does not fit) is one ``error:`` line and exit code 2."""
+(:mod:`src.mm.inference`). Bad input (missing or unreadable image, missing or wrong config, a checkpoint that
+does not fit) is one ``<command>: error: ...`` line and exit code 2."""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from .inference import InputError, check_images, dense_inferencer, draw_predictions, save_png
+from ..utils.errors import UsageError, report
+from ..utils.images import read_images, save_png
+from . import require_openmmlab
+from .inference import dense_inferencer, draw_predictions
 
 __all__ = ['main']
 
@@ -31,13 +33,13 @@ def main(task: str, argv=None) -> int:
     args = p.parse_args(argv)
     prog = f'{task}/demo.py'
     try:
-        check_images(args.images)
+        require_openmmlab()
+        read_images(args.images)
         inferencer = dense_inferencer(task, args.config, args.checkpoint, args.device)
         pictures = draw_predictions(inferencer, task, args.images, **(
             dict(score_thr=args.score_thr) if task == 'detection' else dict(opacity=args.opacity)))
-    except InputError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        return 2
+    except UsageError as e:
+        return report(e, prog)
     out = Path(args.out)
     for path, (picture, pred) in zip(args.images, pictures):
         dst = save_png(picture, out / (Path(path).stem + '.png'))

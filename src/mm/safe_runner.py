@@ -1,11 +1,11 @@
 """Crash-safe checkpoints and exact resume for the mmengine runs of detection and segmentation
-(:mod:`src.mmrun` trains with these in place of mmengine's ``Runner`` and ``CheckpointHook``).
+(:mod:`src.mm.run` trains with these in place of mmengine's ``Runner`` and ``CheckpointHook``).
 
 mmengine alone writes a checkpoint in place, deletes the oldest one *before* writing the new one, and
 keeps no RNG state: a kill while saving can leave a torn file with its predecessor gone, and a resumed
 run draws other dropout / drop-path masks and augmentations than the run never interrupted. Here:
 
-* :class:`SafeRunner` writes every checkpoint through :func:`src.atomic.atomic_write` (temporary file
+* :class:`SafeRunner` writes every checkpoint through :func:`src.utils.atomic.atomic_write` (temporary file
   beside it, fsync, rename): a file under a checkpoint's name is always complete.
 * :class:`SafeCheckpointHook` saves in a crash-safe order: the new checkpoint, then the
   ``last_checkpoint`` pointer (atomically too), and only then the checkpoints beyond ``max_keep_ckpts``
@@ -15,7 +15,7 @@ run draws other dropout / drop-path masks and augmentations than the run never i
   data (epoch loops), or once mmengine has skipped the batches already trained (iteration loops).
   Validation leaves the RNG states as it found them, so the state saved before it is the state training
   continues from. Sampler order is a function of (seed, epoch) in mmengine, and data workers are seeded
-  from (seed, rank, worker id), so with the run's seed (:func:`src.mmrun` takes it from the checkpoint)
+  from (seed, rank, worker id), so with the run's seed (:mod:`src.mm.config` takes it from the checkpoint)
   a run killed anywhere and resumed ends bit for bit as the run never interrupted (same process count).
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 from mmengine.utils import apply_to
 
-from .atomic import atomic_write
-from .train.state import rng_state, set_rng_state
+from ..utils.atomic import atomic_write
+from ..utils.rng import rng_state, set_rng_state
 
 __all__ = ['SafeCheckpointHook', 'SafeRunner', 'RNG_KEY']
 

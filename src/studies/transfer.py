@@ -2,7 +2,7 @@
 classification set, then train RetinaNet-S, Mask R-CNN-S and Semantic FPN-S with that backbone and,
 for comparison, the same schedules from scratch; one table, one figure of the validation curves.
 
-No download: the data are generated shapes (:mod:`src.shapes`): scenes in COCO and ADE20K layout for the
+No download: the data are generated shapes (:mod:`src.studies.shapes`): scenes in COCO and ADE20K layout for the
 dense models, and the objects of *other* scenes cropped into a classification ImageFolder (ImageNet's
 stand-in). The classification run is ``classification.py`` (``dist_classification.sh``), the dense runs
 ``dist_detection.sh`` / ``dist_segmentation.sh`` with the configs ``configs/*/shapes/*_{scratch,
@@ -34,17 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .atomic import atomic_write
+from ..utils.atomic import atomic_write
+from ..utils.errors import UsageError
 
 __all__ = ['Settings', 'SMOKE', 'RUNS', 'TransferError', 'prepare_data', 'pretrain', 'train_dense',
            'read_curve', 'table', 'plot_curves', 'update_readme', 'run_all']
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLS_CONFIG = 'configs/classification/shapes_convmlp_s.yml'
 README_START, README_END = '<!-- transfer:start -->', '<!-- transfer:end -->'
 
 
-class TransferError(Exception):
+class TransferError(UsageError):
     """Bad input or a failed step: one line, the CLI exits with code 2."""
 
 
@@ -267,7 +268,7 @@ def _minutes(seconds: float) -> str:
 def table(results: Dict[Tuple[str, str], dict], pre: dict, runs: Sequence[Run] = RUNS) -> str:
     """One line on the pretraining, then the Markdown table: one row per (model, init) with the final
     held-out metrics (in bold where the pretrained backbone beats scratch) and the wall time."""
-    from .markdown import table as md
+    from ..utils.markdown import table as md
     cols = ('bbox_AP', 'bbox_AP50', 'mask_AP', 'mIoU')
     rows = []
     for run in runs:
@@ -343,7 +344,8 @@ def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images
     ``images`` held-out scenes, each beside its input (boxes scoring >= ``PICTURE_SCORE_THR``), one strip per task:
     ``out/predictions/{detection,segmentation}.png``."""
     import numpy as np
-    from .inference import check_images, dense_inferencer, draw_predictions, save_png
+    from ..mm.inference import dense_inferencer, draw_predictions
+    from ..utils.images import read_images, save_png
     made = []
     detector = 'maskrcnn' if ('maskrcnn', 'pretrained') in results else 'retinanet'
     for run_name, task, layout in ((detector, 'detection', 'coco/val2017'), ('fpn', 'segmentation', 'ade/images/validation')):
@@ -354,7 +356,7 @@ def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images
         if not ckpts:
             continue
         files = sorted(glob.glob(str(data / layout / '*.jpg')))[:images]
-        inputs = check_images(files)
+        inputs = read_images(files)
         inferencer = dense_inferencer(task, str(ROOT / res['config']), ckpts[-1])
         drawn = [p for p, _ in draw_predictions(inferencer, task, files, score_thr=PICTURE_SCORE_THR)]
         gap = np.full((inputs[0].shape[0], 4, 3), 255, np.uint8)
@@ -367,7 +369,7 @@ def pictures(results: Dict[Tuple[str, str], dict], out: Path, data: Path, images
 def run_all(out: Path, data: Path, settings: Settings, runs: Sequence[Run] = RUNS, inits: Sequence[str] = INITS,
             docs: Optional[Path] = None, readme: Optional[Path] = None, log=print, echo: bool = True) -> dict:
     """Every step; returns {'pretrain': ..., 'runs': {(name, init): result}, 'table': markdown}."""
-    from .precision import cpu_isa
+    from ..utils.precision import cpu_isa
     tic = time.time()
     out.mkdir(parents=True, exist_ok=True)
     prepare_data(data, settings, log)

@@ -2,7 +2,7 @@
 and ConvMLP itself, at one size (S by default), trained from scratch with ``classification.py``'s library
 (:func:`src.train.run.main`, in this process) on a small image folder (the demo's digits), several seeds
 per row. Then one table (Markdown + CSV) of mean and spread over the seeds of the held-out top-1, with
-parameters, MACs (fvcore's count, :mod:`src.flops`) at the study's resolution and at 224, and wall time per
+parameters, MACs (fvcore's count, :mod:`src.perf.flops`) at the study's resolution and at 224, and wall time per
 run, and a plot of the held-out top-1 curves (mean +- std per row).
 
 It is a small-scale study, not the paper's ImageNet figures: 32 px digits, a few epochs, no pretraining.
@@ -23,9 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .atomic import atomic_write
-from .convmlp import ABLATION, ABLATION_TITLES, ARCHS
-from .markdown import table
+from ..utils.atomic import atomic_write
+from ..convmlp import ABLATION, ABLATION_TITLES, ARCHS
+from ..utils.markdown import table
 
 __all__ = ['ROWS', 'Run', 'model_name', 'row_title', 'run_one', 'run_study', 'aggregate', 'markdown_report',
            'write_outputs', 'report', 'NOTE']
@@ -64,7 +64,7 @@ def run_one(row: str, seed: int, data: Path, out: Path, epochs: int, arch: str, 
             extra: Sequence[str] = ()) -> Run:
     """Train one (row, seed) with classification.py's ``main`` in this process; raises RuntimeError if
     the run fails (its own error line is already on stderr)."""
-    from .train.run import main
+    from ..train.run import main
     name = model_name(arch, row)
     runs = out / 'runs'
     experiment = f'{row}-seed{seed}'
@@ -84,7 +84,7 @@ def run_study(data: Path, out: Path, rows: Sequence[str], seeds: Sequence[int], 
               arch: str = 'convmlp_s', config: Optional[Path] = None, extra: Sequence[str] = (),
               log=print) -> List[Run]:
     """Every (row, seed), rows in the order given, seeds inner."""
-    config = config or Path(__file__).resolve().parents[1] / 'configs' / 'classification' / 'demo_digits.yml'
+    config = config or Path(__file__).resolve().parents[2] / 'configs' / 'classification' / 'demo_digits.yml'
     done = []
     for row in rows:
         for seed in seeds:
@@ -103,8 +103,8 @@ def _mean_std(values: Sequence[float]):
 
 def _complexity(name: str, num_classes: int, size: int) -> Dict[str, int]:
     import torch
-    from . import convmlp
-    from .flops import count_macs, count_params
+    from .. import convmlp
+    from ..perf.flops import count_macs, count_params
     model = getattr(convmlp, name)(num_classes=num_classes)
     return dict(params=count_params(model), macs=count_macs(model, torch.zeros(1, 3, size, size)).total,
                 macs_224=count_macs(model, torch.zeros(1, 3, 224, 224)).total)
@@ -219,7 +219,7 @@ def report(runs: Sequence[Run], data: Path, out: Path, arch: str, config: Path,
     """Aggregate ``runs`` and write the table, CSVs and curves with their context (data, recipe, CPU,
     threads, load average); returns the rows and the paths of :func:`write_outputs`."""
     import torch
-    from .precision import cpu_isa
+    from ..utils.precision import cpu_isa
     run_args = read_run_args(runs[0].run_dir)
     classes = sum(1 for d in (data / 'train').iterdir() if d.is_dir())
     rows = aggregate(runs, classes, run_args['img_size'])

@@ -1,6 +1,6 @@
 """Measure ConvMLP's execution paths: images/s, peak memory and achieved FLOP/s (behind tools/benchmark.py).
 
-Every configuration runs in a fresh Python process (``python -m src.bench`` reads one JSON config on
+Every configuration runs in a fresh Python process (``python -m src.perf.benchmark`` reads one JSON config on
 stdin, prints one JSON result), so compile caches, allocator state and the memory high-water mark of one
 configuration never leak into the next.
 
@@ -12,11 +12,11 @@ Paths:
   * ``fast``: our model in channels-last (no layout copies; eager on CPU the channel MLPs as 1x1 convs),
     optionally with BatchNorm folded (``fused``, inference only), ``torch.compile`` (inference with inductor
     freezing), autocast bf16/fp16 and gradient checkpointing (training only); the fused AdamW kernel; malloc
-    keeping freed memory (:mod:`src.malloc`).
+    keeping freed memory (:mod:`src.utils.malloc`).
   * ``floor``: the eager fast path's step with each matrix product (convolution forward and backward, mm)
     timed as it runs (:class:`ProductTimer`); the row reports their sum only: how fast the step would go on
     this machine if everything that is not a matrix product took no time.
-  * ``onnx`` (CPU inference, fp32): the model exported to ONNX by :func:`src.export.onnx_bytes` (BatchNorm
+  * ``onnx`` (CPU inference, fp32): the model exported to ONNX by :func:`src.deploy.export.onnx_bytes` (BatchNorm
     folded first with ``fused``), run by ONNX Runtime's CPU provider on the same batch; the row also holds its
     parity with the eager fp32 model on that batch (max abs difference of the logits, top-1 agreement).
   ``malloc`` can be set either way on the first two paths, to show what the allocator alone contributes.
@@ -45,15 +45,15 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
-from .malloc import keep_freed_memory
+from ..convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
+from ..utils.malloc import keep_freed_memory
 
 __all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
            'step_flops', 'bf16_agreement', 'ProductTimer']
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Config:
     batch: int = 16
     res: int = 224
     device: str = 'cpu'
-    malloc: str = ''               # 'keep' (src.malloc) | 'system'; '' = the path's own: fast keep, baseline system
+    malloc: str = ''               # 'keep' (src.utils.malloc) | 'system'; '' = the path's own: fast keep, baseline system
 
     def __post_init__(self):
         if not self.malloc:
@@ -200,11 +200,11 @@ def _build(cfg: Config):
 
 
 def _onnx_build(model: ConvMLP, x: torch.Tensor):
-    """(step, extras) for the ``onnx`` path: ``model`` exported (:func:`src.export.onnx_bytes`) and run by ONNX
+    """(step, extras) for the ``onnx`` path: ``model`` exported (:func:`src.deploy.export.onnx_bytes`) and run by ONNX
     Runtime on ``x`` with torch's thread count; the step returns the logits as a tensor, ``extras()`` the
     parity with the eager model and ONNX Runtime's version."""
     import onnxruntime as ort
-    from .export import INPUT_NAME, onnx_bytes
+    from ..deploy.export import INPUT_NAME, onnx_bytes
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     session = ort.InferenceSession(onnx_bytes(model, x), options, providers=['CPUExecutionProvider'])
@@ -315,7 +315,7 @@ def measure(cfg: Config, iters: int = 5, warmup: int = 2, threads: int = 2, time
     request = json.dumps(dict(config=dataclasses.asdict(cfg), iters=iters, warmup=warmup, threads=threads))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     try:
-        proc = subprocess.run([sys.executable, '-m', 'src.bench'], input=request, capture_output=True,
+        proc = subprocess.run([sys.executable, '-m', 'src.perf.benchmark'], input=request, capture_output=True,
                               text=True, cwd=ROOT, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(config=dataclasses.asdict(cfg), label=cfg.label, error=f'timed out after {timeout:.0f}s')

@@ -21,27 +21,24 @@ classification ImageFolder, train and held-out crops from different scenes::
 A crop is the square around the object's box, 1.2-1.6 times its size with the centre jittered, kept
 inside the scene (so neighbours and the noisy background show), resized to ``crop_size`` px.
 
-Every file is written crash-safely (:mod:`src.atomic`); the annotation json of a split is written last,
+Every file is written crash-safely (:mod:`src.utils.atomic`); the annotation json of a split is written last,
 so a split with its json present is complete; a crop folder is complete once ``cls/.complete`` exists.
 
-    python -m src.shapes data/shapes --train 64 --val 16 --size 128x96
-    python -m src.shapes data/transfer --train 256 --val 64 --crops 1500 400 --crop-size 64
+Its command line is ``tools/make_shapes.py``.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_write
+from ..utils.atomic import atomic_write
 
 __all__ = ['CLASSES', 'SEG_CLASSES', 'PALETTE', 'make_shapes', 'make_scene', 'make_crops']
 
@@ -204,58 +201,3 @@ def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128,
     with atomic_write(root / '.complete', 'w') as f:
         json.dump(dict(classes=list(CLASSES), counts=counts, size=list(size), crop_size=crop_size, seed=seed), f)
     return root
-
-
-def _size(text: str) -> Tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected WIDTHxHEIGHT like 128x96; got {text!r}') from None
-    return w, h
-
-
-def _range(kind):
-    def parse(text: str):
-        try:
-            low, high = (kind(v) for v in text.split('-'))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'expected MIN-MAX like {"1-4" if kind is int else "0.1-0.3"}; '
-                                             f'got {text!r}') from None
-        return low, high
-    return parse
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m src.shapes', description=__doc__.split('\n\n')[0])
-    p.add_argument('root', help='output folder (gets coco/ and ade/ subfolders)')
-    p.add_argument('--train', type=int, default=64, help='number of training scenes')
-    p.add_argument('--val', type=int, default=16, help='number of validation scenes')
-    p.add_argument('--size', type=_size, default=(128, 96), help='image WIDTHxHEIGHT (default 128x96)')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--objects', type=_range(int), default=OBJECTS, metavar='MIN-MAX',
-                   help='objects tried per scene (default 1-4)')
-    p.add_argument('--radius', type=_range(float), default=RADIUS, metavar='MIN-MAX',
-                   help='shape circumradius as a fraction of the shorter side (default 0.08-0.22)')
-    p.add_argument('--crops', type=int, nargs=2, default=(0, 0), metavar=('TRAIN', 'VAL'),
-                   help='also write ROOT/cls: the objects of TRAIN (VAL) other scenes as a classification '
-                        'ImageFolder (default: none)')
-    p.add_argument('--crop-size', type=int, default=64, help='side of the classification crops in px (default 64)')
-    p.add_argument('--overwrite', action='store_true', help='replace ROOT/coco, ROOT/ade (and ROOT/cls) if they exist')
-    args = p.parse_args(argv)
-    try:
-        root = make_shapes(args.root, args.train, args.val, args.size, args.seed, args.overwrite, args.radius,
-                           args.objects, tuple(args.crops), args.crop_size)
-    except FileExistsError as e:
-        print(f'error: {e.args[0]}: choose another folder, or pass --overwrite to delete it', file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    print(f'wrote {args.train} train + {args.val} val scenes: COCO layout in {root / "coco"}, '
-          f'ADE20K layout in {root / "ade"}' + (f'; crops of {args.crops[0]} + {args.crops[1]} other scenes '
-                                               f'in {root / "cls"}' if any(args.crops) else ''))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the model looks at: pictures of its feature maps stage by stage (``tools/visualize.py``)."""

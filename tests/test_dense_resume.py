@@ -214,10 +214,11 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
     for line, step in zip(err, (4, 2)):  # newest first, each named with its size
         assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / f"iter_{step}.pth"} '
                                f'(9 bytes): truncated'), line
-    assert len(err) == 3 and err[2].startswith(f'error: no checkpoint of {work} loads (2 tried, the newest: ')
+    assert len(err) == 3 and err[2].startswith(f'segmentation/train.py: error: no checkpoint of {work} loads (2 tried, the newest: ')
     assert main('segmentation', 'train', args + ['--resume', str(work / 'iter_2.pth')]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f'error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')
+    assert line.startswith(f'segmentation/train.py: error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): '
+                           f'truncated')
 
 
 def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):

@@ -5,7 +5,9 @@
 #   run_torchrun N SCRIPT ARGS...   torchrun over NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT, each process
 #                        with OMP_NUM_THREADS threads: the node's cores / N (at least 1) unless set; a value set
 #                        that makes N x OMP_NUM_THREADS exceed the cores is replaced by that split, with a
-#                        warning, unless CONVMLP_ALLOW_OVERSUBSCRIBE=1
+#                        warning, unless CONVMLP_ALLOW_OVERSUBSCRIBE=1. Returns torchrun's exit code, or 75
+#                        when the run stopped for SIGTERM / SIGUSR1 with its checkpoint saved
+#                        (src/utils/preemption.py); SIGTERM / SIGUSR1 sent to the launcher reach the run.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 check_num_proc() {
@@ -48,7 +50,28 @@ run_torchrun() {
     fi
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$fit}
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-    exec "$python" -m torch.distributed.run \
+    # A run stopped by SIGTERM / SIGUSR1 saves its checkpoint, writes "preempted" into this file and exits
+    # with 75; torchrun reports any non-zero code as its own failure (1), so the launcher reads the file.
+    local marker rc=0
+    marker=$(mktemp "${TMPDIR:-/tmp}/convmlp-preempted.XXXXXX")
+    export CONVMLP_PREEMPTED_MARKER=$marker
+    "$python" -m torch.distributed.run \
         --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$num_proc" \
-        --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$script" "$@"
+        --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" "$script" "$@" &
+    local pid=$!
+    # a signal to this launcher alone goes on to the training processes (torchrun dies of SIGUSR1); a signal
+    # to the whole process group (Slurm, a spot reclaim, kill -TERM -PGID) reaches them directly
+    trap "pkill -TERM -P $pid" TERM
+    trap "pkill -USR1 -P $pid" USR1
+    while :; do
+        wait "$pid" && rc=0 || rc=$?
+        kill -0 "$pid" 2>/dev/null || break  # wait returned for a trap: the run goes on
+    done
+    trap - TERM USR1
+    if [[ -s "$marker" ]]; then
+        rc=75
+        echo "the run stopped for a signal with its checkpoint saved (exit code 75): run the same command with --resume auto to go on" >&2
+    fi
+    rm -f "$marker"
+    return "$rc"
 }

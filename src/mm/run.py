@@ -25,13 +25,14 @@ METRIC_NAMES = {'detection': 'COCO bbox/segm AP', 'segmentation': 'mIoU'}
 
 
 def _setup_process(launcher: str) -> None:
-    """The CPU allocator and, on CPU under torchrun, the gloo group (on CUDA mmengine sets up NCCL)."""
+    """The CPU allocator, and the process group where mmengine would set it up wrongly: on CPU under torchrun
+    (its ``init_dist`` calls ``torch.cuda.set_device``) and under Slurm (ranks and rendezvous from Slurm's
+    variables, :func:`src.utils.distributed.slurm_environment`); on CUDA under torchrun mmengine sets up NCCL."""
     cuda = torch.cuda.is_available()
-    if launcher not in ('none', 'pytorch') and not cuda:
-        raise UsageError(f'--launcher {launcher} needs CUDA; on CPU use torchrun with --launcher pytorch')
-    if launcher == 'pytorch' and 'RANK' not in os.environ:
-        raise UsageError('--launcher pytorch expects to be started by torchrun (RANK is not set)')
-    setup_process('cuda' if cuda else 'cpu', join=launcher != 'none' and not cuda)
+    if launcher == 'mpi' and not cuda:
+        raise UsageError('--launcher mpi needs CUDA; on CPU use torchrun (--launcher pytorch) or srun (--launcher slurm)')
+    join = launcher == 'slurm' or (launcher == 'pytorch' and not cuda)
+    setup_process('cuda' if cuda else 'cpu', join=join, launcher=launcher if launcher != 'mpi' else None)
 
 
 def parse_args(task: str, mode: str, argv=None):
@@ -58,7 +59,7 @@ def parse_args(task: str, mode: str, argv=None):
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config entries, key=value (e.g. train_dataloader.batch_size=4)')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                   help='job launcher (pytorch = torchrun)')
+                   help='job launcher: pytorch = torchrun (dist_*.sh), slurm = one srun task per process (slurm_*.sh)')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))

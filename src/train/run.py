@@ -236,6 +236,9 @@ class Training:
         if self.scaler is not None and resume.get('scaler') is not None:
             self.scaler.load_state_dict(resume['scaler'])
         self.pos = Position(**resume['position'])
+        losses = resume.get('losses')  # every process's running loss of the epoch (position holds the first's)
+        if losses is not None and len(losses) == self.procs.world_size:
+            self.pos.loss_sum, self.pos.loss_count = losses[self.procs.rank]
         self.history, self.best = list(resume['history']), resume.get('best')
 
     def restore_rng(self, resume: dict) -> None:
@@ -246,17 +249,20 @@ class Training:
         set_rng_state(rngs[self.procs.rank] if self.procs.rank < len(rngs) else rngs[0])
 
     def snapshot(self) -> dict:
-        """The checkpoint of the run as it is now (every process takes part: the RNG states are gathered)."""
-        rngs = [rng_state()]
+        """The checkpoint of the run as it is now (every process takes part: the RNG states and the running
+        losses of the epoch are gathered)."""
+        mine = (rng_state(), [self.pos.loss_sum, self.pos.loss_count])
+        every = [mine]
         if self.procs.world_size > 1:
-            rngs = [None] * self.procs.world_size
-            dist.all_gather_object(rngs, rng_state())
+            every = [None] * self.procs.world_size
+            dist.all_gather_object(every, mine)
+        rngs, losses = [e[0] for e in every], [e[1] for e in every]
         return dict(format=FORMAT, arch=self.args.model, num_classes=self.data.num_classes,
                     classes=self.data.class_names, state_dict=state_dict_of(self.model),
                     state_dict_ema=state_dict_of(self.ema.module) if self.ema is not None else None,
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                    position=self.pos.state_dict(), rng=rngs, world_size=self.procs.world_size,
+                    position=self.pos.state_dict(), rng=rngs, losses=losses, world_size=self.procs.world_size,
                     history=self.history, best=self.best, args=dict(vars(self.args)))
 
     def _on_update(self, pos: Position) -> None:

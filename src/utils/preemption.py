@@ -15,6 +15,7 @@ it exits, and end with code 75 themselves when they find it.
 """
 import os
 import signal
+import sys
 import threading
 from typing import Dict, Optional, Sequence
 
@@ -47,8 +48,12 @@ class Preemption:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Put the previous handlers back, unless a signal came: a process stopping for one ignores the next
+        while it leaves (SIG_IGN, which holds through interpreter shutdown), so that every process of the
+        run ends with :data:`EXIT_PREEMPTED` when a launcher passes the first one's exit on to the others as
+        SIGTERM (``srun --kill-on-bad-exit``, torchrun)."""
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler if self.signal_name is None else signal.SIG_IGN)
         self._previous.clear()
 
     def requested(self) -> bool:
@@ -69,5 +74,8 @@ class Preemption:
         stopped for a signal with its checkpoint saved."""
         path = os.environ.get(MARKER_ENV)
         if path:
-            with open(path, 'w') as f:
-                f.write('preempted\n')
+            try:
+                with open(path, 'w') as f:
+                    f.write('preempted\n')
+            except OSError as e:  # the launcher then goes by the exit code alone
+                print(f'warning: cannot write the preemption marker {path}: {e}', file=sys.stderr, flush=True)

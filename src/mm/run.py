@@ -5,7 +5,8 @@ The config comes from :mod:`src.mm.config` (data root, resume, AMP, CPU set-up),
 :class:`src.mm.safe_runner.SafeRunner` (crash-safe checkpoints, exact resume), and ``test.py`` loads its
 checkpoint through :mod:`src.mm.checkpoints` (``weights_only=True``, release files converted, every key
 strictly). On CPU a torchrun launch joins a gloo group before mmengine would try (its ``init_dist`` calls
-``torch.cuda.set_device``). Bad input is one ``<command>: error: ...`` line and exit code 2.
+``torch.cuda.set_device``). Bad input is one ``<command>: error: ...`` line and exit code 2; a run stopped
+by SIGTERM / SIGUSR1 with its checkpoint saved (:mod:`src.mm.preemption`) exits with code 75.
 """
 import argparse
 import copy
@@ -15,6 +16,7 @@ import torch
 
 from ..utils.distributed import processes_from_env, setup_process, teardown_process
 from ..utils.errors import UsageError, report
+from ..utils.preemption import EXIT_PREEMPTED, Preempted
 from . import require_openmmlab
 from .checkpoints import load_checkpoint_for_test, run_checkpoints_loadable
 from .config import prepare_config
@@ -80,13 +82,16 @@ def main(task: str, mode: str, argv=None) -> int:
         return _run(cfg, args, task, mode)
     except UsageError as e:  # a CheckpointError too
         return report(e, f'{task}/{mode}.py', show=processes_from_env().is_main)
+    except Preempted:  # SIGTERM / SIGUSR1: checkpoint saved, every process done (src/mm/preemption.py)
+        return EXIT_PREEMPTED
     finally:
         teardown_process(barrier=True)
 
 
 def _run(cfg, args, task: str, mode: str) -> int:
     from mmengine.model import is_model_wrapper
-    from .safe_runner import SafeRunner  # also registers SafeCheckpointHook
+    from . import preemption  # noqa: F401  registers PreemptionHook
+    from .safe_runner import SafeRunner  # also registers SafeCheckpointHook and ExactEpochBasedTrainLoop
     runner = SafeRunner.from_cfg(copy.deepcopy(cfg))
     with run_checkpoints_loadable():
         if mode == 'train':

@@ -2,16 +2,18 @@
 
 SIGTERM (a Slurm requeue or time limit, a spot instance reclaimed, ``kill``) or SIGUSR1 (Slurm's
 ``--signal=USR1@T`` warning before the time limit) does not end the run at once: it sets a flag. The
-training loop asks :meth:`Preemption.requested` after every optimizer step; all processes of the run agree
-on the answer (one all-reduce of a flag: a signal that reached one process stops them all at the same step),
-then one checkpoint is written (atomically, with the RNG states and the position in the epoch) and the run
-exits with :data:`EXIT_PREEMPTED` (75, sysexits' EX_TEMPFAIL: "try again"). The same command with
-``--resume auto`` (the Slurm launchers pass it) continues from that checkpoint and ends bit for bit as a run
-never interrupted.
+training loop asks :meth:`Preemption.requested` after every optimizer step (classification) or training
+iteration (detection and segmentation, :mod:`src.mm.preemption`); all processes of the run agree on the
+answer (one all-reduce of a flag: a signal that reached one process stops them all at the same step), then
+one checkpoint is written (atomically, with the RNG states and the position in the epoch) and the run exits
+with :data:`EXIT_PREEMPTED` (75, sysexits' EX_TEMPFAIL: "try again"). The same command with ``--resume auto``
+(``--resume`` for detection and segmentation; the Slurm launchers pass it) continues from that checkpoint
+and ends bit for bit as a run never interrupted.
 
 Under torchrun the exit code of the workers does not reach the shell (torchrun reports any non-zero code as
-a failure); the launchers pass :data:`MARKER_ENV`, a file the main process writes ``preempted`` into before
-it exits, and end with code 75 themselves when they find it.
+a failure), and ``srun --kill-on-bad-exit`` signals the other tasks when the first exits: the launchers pass
+:data:`MARKER_ENV`, a file the main process writes ``preempted`` into before every process passes a last
+barrier, and end with code 75 themselves when they find it (``tools/launch.sh``).
 """
 import os
 import signal
@@ -22,11 +24,17 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ['EXIT_PREEMPTED', 'MARKER_ENV', 'SIGNALS', 'Preemption']
+__all__ = ['EXIT_PREEMPTED', 'MARKER_ENV', 'SIGNALS', 'Preempted', 'Preemption']
 
 EXIT_PREEMPTED = 75
 MARKER_ENV = 'CONVMLP_PREEMPTED_MARKER'
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Raised out of a training loop that stopped for a signal with its checkpoint saved, every process
+    done (the detection and segmentation runs: :mod:`src.mm.preemption`); the command exits with
+    :data:`EXIT_PREEMPTED`."""
 
 
 class Preemption:

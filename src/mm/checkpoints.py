@@ -19,6 +19,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..utils.distributed import env_rank
 from ..weights import CheckpointError, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict
 
 __all__ = ['LEGACY_RENAMES', 'PREEMPTED_CHECKPOINT', 'run_checkpoint_globals', 'run_checkpoints_loadable',
@@ -134,7 +135,7 @@ def find_resume_checkpoint(cfg) -> Tuple[Optional[str], Optional[dict]]:
     where it stood (its ``meta``: inside epoch E+1 is newer than ``epoch_E.pth``, iteration I than
     ``iter_{I-1}.pth``). (None, None) in a work dir without checkpoints; raises CheckpointError when there
     are some and none loads."""
-    rank0 = int(os.environ.get('RANK', 0)) == 0
+    rank0 = env_rank() == 0
     errors = []
 
     def load(path: str) -> Optional[dict]:

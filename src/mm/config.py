@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from ..utils import precision
+from ..utils.distributed import env_rank
 from ..utils.errors import UsageError
 from .checkpoints import find_resume_checkpoint, load_run_checkpoint
 
@@ -37,7 +38,7 @@ def _set_resume(cfg, resume: str) -> None:
     else:
         resume, ckpt = find_resume_checkpoint(cfg)
         if ckpt is None:
-            if int(os.environ.get('RANK', 0)) == 0:
+            if env_rank() == 0:
                 print(f'resume: no checkpoint in {cfg.work_dir} yet, starting from scratch', file=sys.stderr,
                       flush=True)
             return

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..utils.distributed import processes_from_env, setup_process, teardown_process
+from ..utils.distributed import env_rank, setup_process, teardown_process
 from ..utils.errors import UsageError, report
 from ..utils.preemption import EXIT_PREEMPTED, Preempted
 from . import require_openmmlab
@@ -81,7 +81,7 @@ def main(task: str, mode: str, argv=None) -> int:
         _setup_process(args.launcher)
         return _run(cfg, args, task, mode)
     except UsageError as e:  # a CheckpointError too
-        return report(e, f'{task}/{mode}.py', show=processes_from_env().is_main)
+        return report(e, f'{task}/{mode}.py', show=env_rank() == 0)
     except Preempted:  # SIGTERM / SIGUSR1: checkpoint saved, every process done (src/mm/preemption.py)
         return EXIT_PREEMPTED
     finally:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from .errors import UsageError
 from .malloc import keep_freed_memory
 
-__all__ = ['Processes', 'processes_from_env', 'setup_process', 'teardown_process']
+__all__ = ['Processes', 'env_rank', 'processes_from_env', 'setup_process', 'teardown_process']
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,17 @@ def processes_from_env(launcher: Optional[str] = None) -> Processes:
     if not 0 <= procs.rank < procs.world_size:
         raise UsageError(f'RANK={procs.rank} is outside 0..WORLD_SIZE-1 ({procs.world_size - 1})')
     return procs
+
+
+def env_rank() -> int:
+    """This process's rank as its launcher's environment gives it, before (or without) the process group:
+    ``RANK`` (torchrun), else ``SLURM_PROCID`` (an srun task), else 0; 0 for a value that is not a number.
+    For what only one process should print (warnings, the error line)."""
+    for name in ('RANK', 'SLURM_PROCID'):
+        value = os.environ.get(name, '').strip()
+        if value:
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _slurm_int(env: Mapping[str, str], name: str) -> int:

@@ -245,7 +245,7 @@ def test_bad_slurm_environment_is_one_line(program, env, message, monkeypatch, c
         code = main('detection', 'train', [str(ROOT / 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'),
                                            '--data-root', str(data), '--launcher', 'slurm'])
     line = _one_error_line(capsys.readouterr().err, program)
-    assert code == 2 and f'bad Slurm environment: ' in line and message in line, line
+    assert code == 2 and 'bad Slurm environment: ' in line and message in line, line
 
 
 # ---- the launchers' command line ----------------------------------------------------------------------------

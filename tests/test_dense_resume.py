@@ -183,10 +183,10 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
     for line, step in zip(err, (4, 2)):  # newest first, each named with its size
         assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / f"iter_{step}.pth"} '
                                f'(9 bytes): truncated'), line
-    assert len(err) == 3 and err[2].startswith(f'error: no checkpoint of {work} loads (2 tried, the newest: ')
+    assert len(err) == 3 and err[2].startswith(f'segmentation/train.py: error: no checkpoint of {work} loads (2 tried, the newest: ')
     assert main('segmentation', 'train', args + ['--resume', str(work / 'iter_2.pth')]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f'error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')
+    assert line.startswith(f'segmentation/train.py: error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')
 
 
 def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):
@@ -274,6 +274,7 @@ def test_detection_stopped_inside_an_epoch_resumes_there_bitwise(tmp_path):
     assert_bitwise_equal(tmp_path / 'ref' / 'epoch_2.pth', work / 'epoch_2.pth')
 
 
+@pytest.mark.slow
 def test_accumulative_counts_steps_the_optimizer_every_second_iteration(tmp_path):
     """Gradient accumulation for detection and segmentation is mmengine's optim_wrapper.accumulative_counts:
     with 2, a real Semantic FPN-S run updates its weights after iterations 2 and 4 only."""

@@ -173,10 +173,11 @@ def test_sbatch_segmentation_time_limit_warning_requeues_itself_and_resumes_bitw
     from src.studies.shapes import make_shapes
     c = slurm_cluster
     data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
-    options = [FPN, str(data), '--work-dir', str(tmp_path / 'cut'), '--cfg-options', *SEG]
+    seg = [*SEG, 'default_hooks.checkpoint.interval=100', 'train_cfg.val_interval=100']  # saves: preempted, last
+    options = [FPN, str(data), '--work-dir', str(tmp_path / 'cut'), '--cfg-options', *seg]
     with open(tmp_path / 'ref.log', 'w') as log:
         ref = subprocess.Popen([str(ROOT / 'dist_segmentation.sh'), FPN, '2', str(data), '--work-dir',
-                                str(tmp_path / 'ref'), '--cfg-options', *SEG], cwd=ROOT, stdout=log,
+                                str(tmp_path / 'ref'), '--cfg-options', *seg], cwd=ROOT, stdout=log,
                                stderr=subprocess.STDOUT, env={**os.environ, **_job_env(MASTER_PORT=str(_free_port()))})
     job_out = tmp_path / 'job.out'
     j = c.sbatch(str(ROOT / 'slurm_segmentation.sh'), '-n', '2', '-o', str(job_out), args=['debug', 'seg', *options],
@@ -189,8 +190,8 @@ def test_sbatch_segmentation_time_limit_warning_requeues_itself_and_resumes_bitw
     info = c.wait_state(j, FINAL, 600)
     out = job_out.read_text()
     assert info['JobState'] == 'COMPLETED', (info, out[-5000:])
-    stop = re.search(rf'stopped by SIGUSR1 at iteration (\d+)/{ITERS}: saved \S+; run the same command with --resume',
-                     out)
+    stop = re.search(rf'stopped by SIGUSR1 at iteration (\d+)/{ITERS}: saved {tmp_path / "cut" / "preempted.pth"}; run '
+                     r'the same command with --resume', out)
     assert stop, out[-5000:]
     assert f'slurm_segmentation.sh: the run stopped with its checkpoint saved: job {j} requeued' in out
     assert f'job {j} (restart 1): 2 task(s)' in out and f'resumed epoch: 0, iter: {stop.group(1)}' in out

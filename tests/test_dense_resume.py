@@ -183,10 +183,12 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
     for line, step in zip(err, (4, 2)):  # newest first, each named with its size
         assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / f"iter_{step}.pth"} '
                                f'(9 bytes): truncated'), line
-    assert len(err) == 3 and err[2].startswith(f'segmentation/train.py: error: no checkpoint of {work} loads (2 tried, the newest: ')
+    assert len(err) == 3 and err[2].startswith(f'segmentation/train.py: error: no checkpoint of {work} loads (2 tried, '
+                                               f'the newest: ')
     assert main('segmentation', 'train', args + ['--resume', str(work / 'iter_2.pth')]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f'segmentation/train.py: error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')
+    assert line.startswith(f'segmentation/train.py: error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): '
+                           f'truncated')
 
 
 def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):
@@ -287,6 +289,7 @@ def test_accumulative_counts_steps_the_optimizer_every_second_iteration(tmp_path
     ckpts = [load_run_checkpoint(work / f'iter_{i}.pth') for i in range(1, 5)]
     steps = [max((s['step'] for s in c['optimizer']['state'].values()), default=0) for c in ckpts]
     assert [int(s) for s in steps] == [0, 1, 1, 2]
-    params = [{k: v for k, v in c['state_dict'].items() if 'running_' not in k and 'num_batches' not in k} for c in ckpts]
+    params = [{k: v for k, v in c['state_dict'].items() if 'running_' not in k and 'num_batches' not in k}
+              for c in ckpts]  # BatchNorm's buffers change at every iteration
     for a, b, updated in ((params[0], params[1], True), (params[1], params[2], False), (params[2], params[3], True)):
         assert any(not torch.equal(a[k], b[k]) for k in a) == updated

@@ -224,7 +224,8 @@ STEP = dict(SLURM_JOB_ID='7', SLURM_STEP_ID='0', SLURM_NTASKS='2', SLURM_LOCALID
 
 @pytest.mark.parametrize('env,message', [
     (dict(STEP), 'SLURM_PROCID is not set'),
-    (dict(STEP, SLURM_PROCID='0', SLURM_STEP_NUM_TASKS='1'), 'task count mismatch: SLURM_NTASKS=2 but SLURM_STEP_NUM_TASKS=1'),
+    (dict(STEP, SLURM_PROCID='0', SLURM_STEP_NUM_TASKS='1'),
+     'task count mismatch: SLURM_NTASKS=2 but SLURM_STEP_NUM_TASKS=1'),
     ({k: v for k, v in dict(STEP, SLURM_PROCID='0').items() if k != 'SLURM_STEP_ID'}, 'not in a job step'),
     ({}, 'not inside a Slurm job'),
 ])

@@ -214,6 +214,27 @@ def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, caps
     assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / "iter_10.pth"} (100 bytes)')
 
 
+
+@pytest.mark.parametrize('by_epoch,regular,preempted,newest', [
+    (False, (4, 8), 6, 'iter_8.pth'),      # stale: saved before iter_8
+    (False, (4,), 6, 'preempted.pth'),     # iteration 6 after iter_4
+    (True, (1, 2), (2, 13), 'preempted.pth'),  # inside epoch 3, after epoch_2
+    (True, (1, 2, 3), (2, 13), 'epoch_3.pth'),  # epoch 3 saved later, the removal of preempted.pth cut short
+])
+def test_resume_places_a_preempted_checkpoint_by_where_it_stood(tmp_path, by_epoch, regular, preempted, newest):
+    from mmengine.config import Config
+    from src.mm.checkpoints import find_resume_checkpoint
+    cfg = Config(dict(work_dir=str(tmp_path), default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook',
+                                                                                 by_epoch=by_epoch))))
+    for n in regular:
+        meta = dict(epoch=n, iter=n * 5) if by_epoch else dict(epoch=0, iter=n)
+        torch.save({'meta': meta, 'state_dict': {}}, tmp_path / f'{"epoch" if by_epoch else "iter"}_{n}.pth')
+    epoch, it = preempted if by_epoch else (0, preempted)
+    torch.save({'meta': dict(epoch=epoch, iter=it), 'state_dict': {}}, tmp_path / 'preempted.pth')
+    path, ckpt = find_resume_checkpoint(cfg)
+    assert path == str(tmp_path / newest) and ckpt['meta'] == torch.load(path, weights_only=True)['meta']
+
+
 # ---- preemption (src/mm/preemption.py): SIGTERM / SIGUSR1 save where the run stands, exit code 75 --------------
 def _stop_when(proc, log, pattern: str, send) -> int:
     """Once ``pattern`` (a regex with one group: an iteration) is in ``log``, ``send()`` the signal; returns the

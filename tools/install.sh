@@ -7,6 +7,10 @@
 #   core        torch, timm and the tools (requirements.txt): make demo, classification, the tools
 #   openmmlab   core, then the OpenMMLab stack (requirements/openmmlab.txt) with mmcv 2.1.0 built from
 #               source with its compiled ops (about 17 min on 2 cores the first time; then pip's cache)
+#   slurm       Slurm and munge from the system's packages (apt-get: slurmctld slurmd slurm-client munge),
+#               for the tests that run a real Slurm cluster on this host (tests/test_slurm.py); no daemon
+#               is started. Needs root and apt-get: without them one line says so, nothing is installed
+#               and those tests are skipped with that reason. Not a layer of .venv: make test asks for it.
 #
 # --plan prints what each layer would install (or that it is installed) and changes nothing.
 set -euo pipefail
@@ -18,8 +22,8 @@ layers=()
 for arg in "$@"; do
     case $arg in
         --plan) plan=1 ;;
-        core | openmmlab) layers+=("$arg") ;;
-        *) echo "install.sh: error: unknown layer '$arg': give core or openmmlab (or --plan)" >&2; exit 2 ;;
+        core | openmmlab | slurm) layers+=("$arg") ;;
+        *) echo "install.sh: error: unknown layer '$arg': give core, openmmlab or slurm (or --plan)" >&2; exit 2 ;;
     esac
 done
 [ ${#layers[@]} -gt 0 ] || layers=(core)
@@ -34,9 +38,34 @@ stamp_of() { echo "$venv/.installed-$1"; }
 want_of() { cat $(layer_files "$1") | sha256sum | cut -d' ' -f1; }
 installed() { [ -f "$(stamp_of "$1")" ] && [ "$(cat "$(stamp_of "$1")")" = "$(want_of "$1")" ]; }
 packages() { grep -vE '^\s*(#|$)' "$1" | tr '\n' ' '; }
+SLURM_PACKAGES=(slurmctld slurmd slurm-client munge)
+slurm_installed() {
+    local b
+    for b in munged mungekey slurmctld slurmd srun sbatch scontrol squeue sinfo scancel; do
+        PATH="$PATH:/usr/sbin:/sbin" command -v "$b" >/dev/null || return 1  # the daemons live in sbin
+    done
+}
+slurm_unavailable() {  # why the slurm layer cannot be installed here ('' when it can)
+    if ! command -v apt-get >/dev/null; then
+        echo "no apt-get on this machine"
+    elif [ "$(id -u)" -ne 0 ]; then
+        echo "not root (as root: apt-get install ${SLURM_PACKAGES[*]})"
+    fi
+}
 
 if [ $plan = 1 ]; then
     for layer in "${layers[@]}"; do
+        if [ "$layer" = slurm ]; then
+            why=$(slurm_unavailable)
+            if slurm_installed; then
+                echo "slurm: installed on this machine (nothing to do)"
+            elif [ -n "$why" ]; then
+                echo "slurm: skipped: $why; the Slurm tests will be skipped"
+            else
+                echo "slurm: apt-get install ${SLURM_PACKAGES[*]} (no daemon started)"
+            fi
+            continue
+        fi
         deps=core
         [ "$layer" = openmmlab ] && deps="core openmmlab"
         for l in $deps; do
@@ -79,8 +108,34 @@ install_openmmlab() {
     want_of openmmlab > "$(stamp_of openmmlab)"
 }
 
+install_slurm() {
+    slurm_installed && return 0
+    local why
+    why=$(slurm_unavailable)
+    if [ -n "$why" ]; then
+        echo "install: slurm skipped: $why; the Slurm tests will be skipped" >&2
+        return 0
+    fi
+    echo "install: Slurm and munge from the system's packages (apt-get install ${SLURM_PACKAGES[*]})" >&2
+    local prc=/usr/sbin/policy-rc.d made=0 rc=0
+    if [ ! -e "$prc" ]; then  # the packages' scripts start no service
+        printf '#!/bin/sh\nexit 101\n' > "$prc" && chmod 755 "$prc" && made=1
+    fi
+    local apt=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300
+               -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${SLURM_PACKAGES[@]}")
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "${apt[@]}" >/dev/null; } || rc=$?
+    [ "$made" = 1 ] && rm -f "$prc"
+    if [ "$rc" -ne 0 ]; then
+        echo "install: slurm: apt-get install failed (exit code $rc): the Slurm tests will be skipped" >&2
+    fi
+}
+
 for layer in "${layers[@]}"; do
-    install_core
-    [ "$layer" = openmmlab ] && install_openmmlab
+    case $layer in
+        core) install_core ;;
+        openmmlab) install_core; install_openmmlab ;;
+        slurm) install_slurm ;;
+    esac
 done
 exit 0

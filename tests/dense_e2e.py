@@ -94,6 +94,7 @@ def _assert_same(a, b, where=''):
 
 def assert_bitwise_equal(ref_file, cut_file):
     """Two run checkpoints hold the same weights, optimizer and scheduler states, position, seed and RNG states."""
+    import torch
     from src.mm.checkpoints import load_run_checkpoint
     ref, cut = load_run_checkpoint(ref_file), load_run_checkpoint(cut_file)
     for key in ('state_dict', 'optimizer', 'param_schedulers'):

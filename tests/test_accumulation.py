@@ -5,7 +5,6 @@ import csv
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -107,7 +106,8 @@ def _args(data, out, experiment):
 
 
 def _updates_done(log_text):
-    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+)(?:/\d+)? step (\d+)/', log_text)] or [0])
+    steps = re.findall(r'epoch (\d+)(?:/\d+)? step (\d+)/', log_text)
+    return max([(int(e) - 1) * STEPS + int(s) for e, s in steps] or [0])
 
 
 def _weights(path):

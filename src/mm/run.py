@@ -32,7 +32,8 @@ def _setup_process(launcher: str) -> None:
     variables, :func:`src.utils.distributed.slurm_environment`); on CUDA under torchrun mmengine sets up NCCL."""
     cuda = torch.cuda.is_available()
     if launcher == 'mpi' and not cuda:
-        raise UsageError('--launcher mpi needs CUDA; on CPU use torchrun (--launcher pytorch) or srun (--launcher slurm)')
+        raise UsageError('--launcher mpi needs CUDA; on CPU use torchrun (--launcher pytorch) or srun '
+                         '(--launcher slurm)')
     join = launcher == 'slurm' or (launcher == 'pytorch' and not cuda)
     setup_process('cuda' if cuda else 'cpu', join=join, launcher=launcher if launcher != 'mpi' else None)
 

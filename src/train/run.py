@@ -297,7 +297,8 @@ class Training:
         batch = self.args.batch_size
         seeded_train.epoch = epoch
         self.train_sampler.set_epoch(epoch, skip=self.pos.step * batch)
-        loader = D.build_loader(seeded_train, self.train_sampler, batch, self.args.workers, True, self.args.seed + epoch)
+        loader = D.build_loader(seeded_train, self.train_sampler, batch, self.args.workers, True,
+                                self.args.seed + epoch)
         return train_one_epoch(
             model, loader, self.optimizer, self.loss_fn, self.pos, self.updates, device=self.device,
             autocast=self.autocast, scheduler=self.scheduler, mixup=self.mixup, ema=self.ema, scaler=self.scaler,
@@ -313,7 +314,8 @@ class Training:
                    top1=round(metrics['top1'], 4), top5=round(metrics['top5'], 4), lr=lr)
         if self.ema is not None:
             m = evaluate(self.ema.module, val_loader, **kw)
-            row.update(ema_eval_loss=round(m['eval_loss'], 6), ema_top1=round(m['top1'], 4), ema_top5=round(m['top5'], 4))
+            row.update(ema_eval_loss=round(m['eval_loss'], 6), ema_top1=round(m['top1'], 4),
+                       ema_top5=round(m['top5'], 4))
         self.history.append(row)
         is_best = self.best is None or row['top1'] > self.best['top1']
         if is_best:
@@ -337,7 +339,8 @@ class Training:
                   f'{d.data_cfg["input_size"]}; {len(d.train_set)} train / {len(d.val_set)} val images; '
                   f'{self.procs.world_size} process(es) on {self.device}; global batch {self.global_batch} = '
                   f'{self.procs.world_size} process(es) x batch {self.args.batch_size} x {self.args.grad_accum_steps} '
-                  f'accumulation step(s), {self.updates} steps/epoch, {self.num_epochs} epochs; outputs in {self.run_dir}')
+                  f'accumulation step(s), {self.updates} steps/epoch, {self.num_epochs} epochs; outputs in '
+                  f'{self.run_dir}')
 
     @property
     def global_batch(self) -> int:

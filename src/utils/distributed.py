@@ -128,7 +128,8 @@ def slurm_environment(env: Mapping[str, str]) -> Dict[str, str]:
         raise UsageError(f"bad Slurm environment: task count mismatch: WORLD_SIZE={env['WORLD_SIZE']} but "
                          f'SLURM_NTASKS={ntasks} (torchrun inside srun? start one srun task per process instead)')
     if not 0 <= rank < ntasks:
-        raise UsageError(f'bad Slurm environment: SLURM_PROCID={rank} is outside 0..{ntasks - 1} (SLURM_NTASKS={ntasks})')
+        raise UsageError(f'bad Slurm environment: SLURM_PROCID={rank} is outside 0..{ntasks - 1} '
+                         f'(SLURM_NTASKS={ntasks})')
     local = _slurm_int(env, 'SLURM_LOCALID')
     nodes = env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST') or env.get('SLURM_NODELIST')
     if not env.get('MASTER_ADDR') and not nodes:
@@ -138,7 +139,8 @@ def slurm_environment(env: Mapping[str, str]) -> Dict[str, str]:
     return dict(RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(ntasks), MASTER_ADDR=addr, MASTER_PORT=port)
 
 
-def setup_process(device: str = 'cpu', join: bool = True, launcher: Optional[str] = None) -> Tuple[torch.device, Processes]:
+def setup_process(device: str = 'cpu', join: bool = True,
+                  launcher: Optional[str] = None) -> Tuple[torch.device, Processes]:
     """Prepare this process of a run on ``device`` ('cpu', 'cuda' or 'cuda:N'): on CPU keep freed memory for
     reuse (:mod:`src.utils.malloc`); with ``join`` and more than one process, join the process group
     (gloo on CPU; on CUDA each process takes its local rank's GPU and NCCL). Returns this process's device

@@ -30,7 +30,8 @@ from torch import nn
 from ..convmlp import ConvMLP, nchw_view
 
 __all__ = ['METHODS', 'CamLayer', 'CamResult', 'convmlp_layers', 'default_layer', 'resolve_layer',
-           'layer_map_sizes', 'resolve_class', 'class_activation_maps', 'overlay', 'MIN_MAP_SIDE']
+           'layer_map_sizes', 'resolve_class', 'class_activation_maps', 'maps_by_method', 'overlay',
+           'MIN_MAP_SIDE']
 
 # name -> (pytorch_grad_cam class, what it computes). All cost one forward and one backward pass (EigenCAM
 # none); the library's ScoreCAM and AblationCAM (a forward per channel) and FullGrad (every bias, no layer)
@@ -265,33 +266,54 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, method: str = 
     Works under ``torch.no_grad()``/``inference_mode`` and on frozen models. The model is left as it was:
     train/eval mode, ``requires_grad`` and ``.grad`` of its parameters (it runs in eval mode with the
     parameters' gradients off: the gradient reaches the layer through the input)."""
-    method = method.lower()
-    cam_class = _library_class(method)
+    return maps_by_method(model, images, [method], layer, target, names, channels_last)[method.lower()]
+
+
+def maps_by_method(model: nn.Module, images: torch.Tensor, methods: Sequence[str], layer: Optional[str] = None,
+                   target=None, names: Optional[Sequence[str]] = None,
+                   channels_last: Optional[bool] = None) -> Dict[str, CamResult]:
+    """:func:`class_activation_maps` for several methods at once: {method: result}. They share one forward
+    and one backward pass (the library's hooks of the first method); each method's library object then
+    computes its map from those activations and gradients, as its own call would."""
+    methods = list(dict.fromkeys(m.lower() for m in methods))
+    if not methods:
+        raise ValueError(f'no CAM method given: choose from {", ".join(METHODS)}')
+    classes = {m: _library_class(m) for m in methods}
     if images.dim() != 4:
         raise ValueError(f'expected an image batch (B, C, H, W); got shape {tuple(images.shape)}')
     chosen = resolve_layer(model, layer, channels_last)
     targets = [_ClassScore(i) for i in _targets(target, len(images), names)]
+    reshape = nchw_view if chosen.channels_last else None
+    # the pass: with a gradient method's object if any method needs gradients (its forward runs the backward)
+    runner = next((m for m in methods if m not in CLASS_AGNOSTIC), methods[0])
     was_training = model.training
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    cam = None
+    cams = {}
     try:
         for p, _, _ in params:
             p.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)
-            cam = cam_class(model=model, target_layers=[chosen.module],
-                            reshape_transform=nchw_view if chosen.channels_last else None)
+            cams = {m: classes[m](model=model, target_layers=[chosen.module], reshape_transform=reshape)
+                    for m in methods}
+            first = cams[runner]
             try:
-                maps = cam(input_tensor=x, targets=targets)
+                maps = {runner: first(input_tensor=x, targets=targets)}
             except Exception:
-                if not cam.activations_and_grads.activations:
+                if not first.activations_and_grads.activations:
                     raise ValueError(f'layer {chosen.name!r} gave no output: its module is not called as a module '
                                      f'in the forward pass; choose another') from None
                 raise
-            activation = cam.activations_and_grads.activations[0]
-            outputs = cam.outputs.detach()
+            shared = first.activations_and_grads
+            for m, cam in cams.items():
+                if m != runner:  # the library's steps after its backward pass, on the shared hooks' tensors
+                    cam.activations_and_grads.activations = shared.activations
+                    cam.activations_and_grads.gradients = shared.gradients
+                    maps[m] = cam.aggregate_multi_layers(cam.compute_cam_per_layer(x, targets, False))
+            activation = shared.activations[0]
+            outputs = first.outputs.detach()
     finally:
-        if cam is not None:
+        for cam in cams.values():
             cam.activations_and_grads.release()
         model.train(was_training)
         for p, requires_grad, grad in params:
@@ -301,13 +323,14 @@ def class_activation_maps(model: nn.Module, images: torch.Tensor, method: str = 
         raise ValueError(f'layer {chosen.name!r} gives {tuple(activation.shape)}, not a map (B, C, h, w)')
     if outputs.dim() == 2:
         probs = outputs.float().softmax(-1)
-        classes = [int(probs[i].argmax()) if t.index is None else t.index for i, t in enumerate(targets)]
-        if max(classes) >= probs.shape[1]:
-            raise ValueError(f'class index {max(classes)} out of range: the model has {probs.shape[1]} classes')
-        chances = [float(probs[i, c]) for i, c in enumerate(classes)]
+        chosen_classes = [int(probs[i].argmax()) if t.index is None else t.index for i, t in enumerate(targets)]
+        if max(chosen_classes) >= probs.shape[1]:
+            raise ValueError(f'class index {max(chosen_classes)} out of range: the model has {probs.shape[1]} classes')
+        chances = [float(probs[i, c]) for i, c in enumerate(chosen_classes)]
     else:  # a headless model: only a class-agnostic method got here (the others needed a class score)
-        classes, chances = [None] * len(images), [None] * len(images)
-    return CamResult(np.float32(maps), classes, chances, method, chosen.name, tuple(activation.shape[2:4]))
+        chosen_classes, chances = [None] * len(images), [None] * len(images)
+    size = tuple(activation.shape[2:4])
+    return {m: CamResult(np.float32(maps[m]), chosen_classes, chances, m, chosen.name, size) for m in methods}
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: str = 'jet') -> np.ndarray:

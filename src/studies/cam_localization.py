@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -233,6 +233,6 @@ def figure_panels(models: Dict[str, nn.Module], crops: Crops, mean, std,
     return panels
 
 
-def subset(crops: Crops, index: Optional[np.ndarray]) -> Crops:
+def subset(crops: Crops, index: np.ndarray) -> Crops:
     """The crops at ``index``."""
     return Crops(crops.images[index], crops.masks[index], crops.labels[index], [crops.paths[i] for i in index])

@@ -1,7 +1,7 @@
 """Class activation maps (issue 24): every method and layer on odd input sizes, ConvMLP's channels-last layers
 handled inside (the library's map equals GradCAM written out with autograd), the same call on a torchvision
 ResNet-18, the model left as it was, the crops' object masks, the measured check on a small ConvMLP trained
-here, and the command line's one-line errors."""
+here and its tool, and the command line's one-line errors."""
 import json
 
 import numpy as np
@@ -328,3 +328,25 @@ def test_cli_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, case
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count('\n') == 1 and 'error: ' in err and message in err, err
     assert not (tmp_path / 'out').exists()
+
+
+def test_localization_tool_writes_the_table_and_picture(checkpoint, crops_root, tmp_path, capsys):
+    docs = tmp_path / 'docs'
+    docs.mkdir()
+    (docs / 'cam.md').write_text('# page\n<!-- cam_localization:start -->\nPLACEHOLDER\n<!-- cam_localization:end -->\nend\n')
+    tool = load_tool('cam_localization')
+    argv = ['--checkpoint', str(checkpoint), '--data', str(crops_root), '--limit', '12', '--layers', 'stage1,stage3',
+            '--methods', 'gradcam,eigencam', '--figure-rows', 'trained:gradcam:stage1,random:eigencam:stage3',
+            '--figure-crops', '3']
+    assert tool.main([*argv, '--json', str(tmp_path / 'n.json'), '--docs', str(docs)]) == 0
+    page = (docs / 'cam.md').read_text()
+    assert 'PLACEHOLDER' not in page and '| `stage1` (8x8) |' in page and '| `stage3` (2x2) |' in page
+    assert page.startswith('# page\n') and page.endswith('end\n') and '12 held-out crops' in page
+    with Image.open(docs / 'cam_localization.png') as im:
+        assert im.size[0] > 3 * 100
+    numbers = json.loads((tmp_path / 'n.json').read_text())
+    assert numbers['n'] == 12 and len(numbers['rows']) == 4 and numbers['command'].startswith('python tools/')
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        tool.main(['--checkpoint', str(checkpoint), '--data', str(tmp_path)])
+    assert stop.value.code == 2 and capsys.readouterr().err.count('\n') == 1

@@ -95,6 +95,7 @@ def test_install_rejects_an_unknown_layer(tmp_path):
 @pytest.mark.parametrize('argv,prog', [
     (['classification.py', '/nowhere', '--model', 'convmlp_s'], 'classification.py'),
     (['tools/predict.py', '/nowhere.png', '--random'], 'predict.py'),
+    (['tools/cam.py', '/nowhere.png', '--random'], 'cam.py'),
     (['tools/make_shapes.py', '/tmp/x', '--objects', '0-3'], 'make_shapes.py'),
     (['detection/train.py', 'configs/detection/retinanet_convmlp_s_fpn_1x_coco.py', '--data-root', '/nowhere'],
      'detection/train.py'),

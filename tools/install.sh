@@ -4,7 +4,9 @@
 #
 #   tools/install.sh [--plan] [LAYER...]        (default layer: core)
 #
-#   core        torch, timm and the tools (requirements.txt): make demo, classification, the tools
+#   core        torch, timm and the tools (requirements.txt), then requirements/core-no-deps.txt with
+#               --no-deps (grad-cam: its declared opencv-python-headless would shadow the core's cv2):
+#               make demo, classification, the tools
 #   openmmlab   core, then the OpenMMLab stack (requirements/openmmlab.txt) with mmcv 2.1.0 built from
 #               source with its compiled ops (about 17 min on 2 cores the first time; then pip's cache)
 #   slurm       Slurm and munge from the system's packages (apt-get: slurmctld slurmd slurm-client munge),
@@ -30,8 +32,8 @@ done
 
 layer_files() {  # the files whose content decides a layer
     case $1 in
-        core) echo requirements.txt tools/install.sh ;;
-        openmmlab) echo requirements.txt requirements/openmmlab.txt tools/install.sh tools/cxx20 ;;
+        core) echo requirements.txt requirements/core-no-deps.txt tools/install.sh ;;
+        openmmlab) echo requirements.txt requirements/core-no-deps.txt requirements/openmmlab.txt tools/install.sh tools/cxx20 ;;
     esac
 }
 stamp_of() { echo "$venv/.installed-$1"; }
@@ -73,6 +75,7 @@ if [ $plan = 1 ]; then
                 echo "$l: installed in $venv (nothing to do)"
             elif [ "$l" = core ]; then
                 echo "core: pip install into $venv: $(packages requirements.txt)"
+                echo "core: pip install --no-deps into $venv: $(packages requirements/core-no-deps.txt)"
             else
                 echo "openmmlab: pip install into $venv: $(packages requirements/openmmlab.txt)(mmcv built from source, about 17 min on 2 cores the first time)"
             fi
@@ -90,6 +93,7 @@ install_core() {
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     echo "install: core requirements (torch, timm, the tools) into $venv" >&2
     "${pip[@]}" -r requirements.txt
+    "${pip[@]}" --no-deps -r requirements/core-no-deps.txt
     want_of core > "$(stamp_of core)"
 }
 
@@ -99,7 +103,7 @@ install_openmmlab() {
     mmcv_pin=$(grep -E '^mmcv==' requirements/openmmlab.txt)
     if ! "$venv/bin/python" -c "import mmcv, sys; from mmcv.ops import nms; sys.exit(mmcv.__version__ != '${mmcv_pin#mmcv==}')" 2>/dev/null; then
         echo "install: the OpenMMLab stack for detection and segmentation: $mmcv_pin with compiled ops is built from source (about 17 min on 2 cores the first time; then from pip's cache)" >&2
-        "${pip[@]}" "setuptools>=77.0.3,<81" wheel ninja $(grep -E '^(opencv-python|mmengine)==' requirements/openmmlab.txt)
+        "${pip[@]}" "setuptools>=77.0.3,<81" wheel ninja $(grep -E '^mmengine==' requirements/openmmlab.txt)
         MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} CXX="$PWD/tools/cxx20" \
             "${pip[@]}" --no-build-isolation "$mmcv_pin"
     fi

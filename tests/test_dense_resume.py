@@ -138,39 +138,6 @@ def test_segmentation_killed_while_saving_anywhere_and_torn_resumes_bitwise(tmp_
     assert_bitwise_equal(ref_work / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
 
 
-@pytest.mark.slow
-def test_detection_killed_at_random_iteration_resumes_bitwise(tmp_path):
-    """Epoch loop, 1 process, validation after every epoch: SIGKILL inside epoch 2 or 3, resume."""
-    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'coco'
-    ref = _start(_train('detection', RETINANET, data, tmp_path / 'ref'), tmp_path / 'ref.log')
-    log, work = tmp_path / 'cut.log', tmp_path / 'cut'
-    i = random.randint(3, ITERS - 1)
-    cut = _start(_train('detection', RETINANET, data, work), log)
-    _kill_when(cut, log, f'Epoch(train) [{(i + 1) // 2}][{(i - 1) % 2 + 1}/2]')
-    epoch, _ = _newest(work)
-    text = _finish(_start(_train('detection', RETINANET, data, work) + ['--resume'], log), log)
-    assert f'resumed epoch: {epoch}, iter: {2 * epoch}' in text
-    _finish(ref, tmp_path / 'ref.log')
-    assert_bitwise_equal(tmp_path / 'ref' / f'epoch_{ITERS // 2}.pth', work / f'epoch_{ITERS // 2}.pth')
-
-
-@pytest.mark.slow
-def test_two_processes_killed_at_random_iteration_resume_bitwise(tmp_path):
-    """dist_segmentation.sh, 2 CPU processes (gloo): SIGKILL to all of them, resume."""
-    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
-
-    def launch(work, *args):
-        return ['bash', ROOT / 'dist_segmentation.sh', FPN, 2, data, '--work-dir', work, '--cfg-options', *SEG, *args]
-    _finish(_start(launch(tmp_path / 'ref'), tmp_path / 'ref.log'), tmp_path / 'ref.log')
-    log, work = tmp_path / 'cut.log', tmp_path / 'cut'
-    cut = _start(launch(work), log)
-    _kill_when(cut, log, f'Iter(train) [{random.randint(2, ITERS - 1)}/{ITERS}]')
-    step, _ = _newest(work)
-    text = _finish(_start(launch(work, '--resume'), log), log)  # --resume after --cfg-options' values
-    assert f'resumed epoch: 0, iter: {step}' in text
-    assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
-
-
 def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
     data = make_shapes(tmp_path / 'shapes', num_train=1, num_val=1, size=(64, 64)) / 'ade'
     work = tmp_path / 'work'
@@ -248,47 +215,68 @@ def _stop_when(proc, log, pattern: str, send) -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_to_two_processes_saves_within_an_iteration_and_resumes_bitwise(tmp_path):
-    """dist_segmentation.sh, 2 CPU processes: SIGTERM to the launcher's process group (as Slurm, a spot reclaim
-    or ``kill -TERM -PGID`` send it) after iteration 2; one checkpoint at the next iteration end, exit code 75;
-    the same command with --resume ends bitwise equal to the run never interrupted."""
+def test_two_processes_killed_then_sigterm_resume_bitwise(tmp_path):
+    """dist_segmentation.sh, 2 CPU processes (gloo), a checkpoint every second iteration: SIGKILL to all of them
+    inside iteration 3, ``--resume``; then SIGTERM to the launcher's process group (as Slurm, a spot reclaim or
+    ``kill -TERM -PGID`` send it) as soon as the resumed run logs an iteration: one checkpoint at the next
+    iteration end (``preempted.pth``, or the regular one saved after that very iteration), exit code 75; the
+    same command with --resume ends bitwise equal to the run never interrupted."""
     data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
 
     def launch(work, *args):
         return ['bash', ROOT / 'dist_segmentation.sh', FPN, 2, data, '--work-dir', work, '--cfg-options', *SEG,
-                'default_hooks.checkpoint.interval=100', *args]  # no regular checkpoint but the last
+                'default_hooks.checkpoint.interval=2', *args]  # --resume after --cfg-options' values
     _finish(_start(launch(tmp_path / 'ref'), tmp_path / 'ref.log'), tmp_path / 'ref.log')
     log, work = tmp_path / 'cut.log', tmp_path / 'cut'
     cut = _start(launch(work), log)
+    _kill_when(cut, log, f'Iter(train) [3/{ITERS}]')
+    assert _newest(work) == (2, work / 'iter_2.pth')
+
+    log = tmp_path / 'stop.log'
+    cut = _start(launch(work, '--resume'), log)
     seen = _stop_when(cut, log, rf'Iter\(train\) \[(\d+)/{ITERS}\]', lambda: os.killpg(cut.pid, signal.SIGTERM))
     text = log.read_text()
-    stop = re.search(rf'stopped by SIGTERM at iteration (\d+)/{ITERS}: saved {work / "preempted.pth"}; run the '
-                     r'same command with --resume to go on \(exit code 75\)', text)
+    assert 'resumed epoch: 0, iter: 2' in text
+    stop = re.search(rf'stopped by SIGTERM at iteration (\d+)/{ITERS}: saved (\S+); run the same command with '
+                     r'--resume to go on \(exit code 75\)', text)
     assert stop and seen <= int(stop.group(1)) <= seen + 1, text[-3000:]  # within the iteration under way
-    assert 'the run stopped for a signal with its checkpoint saved (exit code 75)' in text
-    assert sorted(p.name for p in work.glob('*.pth')) == ['preempted.pth']
-    assert (work / 'last_checkpoint').read_text() == str(work / 'preempted.pth')
-    assert load_run_checkpoint(work / 'preempted.pth')['meta']['iter'] == int(stop.group(1))
+    step = int(stop.group(1))
+    saved = work / ('preempted.pth' if step % 2 else f'iter_{step}.pth')  # no second file for the same state
+    assert stop.group(2) == str(saved) and 'the run stopped for a signal with its checkpoint saved (exit code 75)' in text
+    assert (work / 'last_checkpoint').read_text() == str(saved)
+    assert load_run_checkpoint(saved)['meta']['iter'] == step
+
+    log = tmp_path / 'resume.log'
     text = _finish(_start(launch(work, '--resume'), log), log)
-    assert f'resumed epoch: 0, iter: {stop.group(1)}' in text
-    assert sorted(p.name for p in work.glob('*.pth')) == [f'iter_{ITERS}.pth']  # the regular save removed it
+    assert f'resumed epoch: 0, iter: {step}' in text
+    assert not (work / 'preempted.pth').exists()  # the next regular save removed it
     assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
 
 
 @pytest.mark.slow
-def test_detection_stopped_inside_an_epoch_resumes_there_bitwise(tmp_path):
-    """Epoch loop, 1 process, 4 iterations per epoch: SIGUSR1 inside epoch 2; the resumed run draws the
-    epoch's trained batches again without training (ExactEpochBasedTrainLoop) and trains on from there."""
+def test_detection_killed_then_stopped_inside_an_epoch_resumes_there_bitwise(tmp_path):
+    """Epoch loop, 1 process, 4 iterations per epoch, validation after each: SIGKILL inside epoch 2,
+    ``--resume`` (from epoch 1's checkpoint); then SIGUSR1 inside epoch 2 of the resumed run: the next resume
+    draws the epoch's trained batches again without training (ExactEpochBasedTrainLoop) and trains on from
+    there, bitwise equal to the run never interrupted."""
     data = make_shapes(tmp_path / 'shapes', num_train=8, num_val=2, size=(64, 64)) / 'coco'
     options = ['train_cfg.max_epochs=2']  # after DET's 3: the last value wins
     ref = _start(_train('detection', RETINANET, data, tmp_path / 'ref', *options), tmp_path / 'ref.log')
     log, work = tmp_path / 'cut.log', tmp_path / 'cut'
     cut = _start(_train('detection', RETINANET, data, work, *options), log)
+    _kill_when(cut, log, f'Epoch(train) [2][{random.randint(1, 3)}/4]')
+    assert _newest(work) == (1, work / 'epoch_1.pth')
+
+    log = tmp_path / 'stop.log'
+    cut = _start(_train('detection', RETINANET, data, work, *options) + ['--resume'], log)
     _stop_when(cut, log, r'Epoch\(train\) \[2\]\[(\d+)/4\]', lambda: cut.send_signal(signal.SIGUSR1))
     text = log.read_text()
+    assert 'resumed epoch: 1, iter: 4' in text
     stop = re.search(r'stopped by SIGUSR1 at epoch 2 iteration (\d)/4: saved (\S+);', text)
     assert stop and stop.group(2) == str(work / 'preempted.pth'), text[-3000:]
     k = int(stop.group(1))
+
+    log = tmp_path / 'resume.log'
     text = _finish(_start(_train('detection', RETINANET, data, work, *options) + ['--resume'], log), log)
     assert f'resumed epoch: 1, iter: {4 + k}' in text
     assert f'Advance dataloader {k} steps to skip data that has already been trained in epoch 2' in text

@@ -163,10 +163,10 @@ def test_calibration_split_and_labels(tmp_path):
     assert len(split.check) == 10 and len(split.calibration) == 20  # the check slice: at most a third
     assert not set(split.check) & set(split.calibration)
     assert split_calibration(folder, 100, 20, seed=0) == split != split_calibration(folder, 100, 20, seed=1)
-    with pytest.raises(UsageError, match='shares 30 images'):
-        check_disjoint(split, folder)
+    with pytest.raises(UsageError, match='shares 30 images with the calibration folder'):
+        check_disjoint(folder, folder)
     held_out = list_image_folder(tmp_path / 'data' / 'validation')
-    check_disjoint(split, held_out)
+    check_disjoint(folder, held_out)
     labels, how = held_out_labels(held_out, ['c2', 'c1', 'c0'])
     assert list(labels[:4]) == [2, 2, 2, 2] and 'by name' in how
     labels, how = held_out_labels(held_out, ['class 0', 'class 1', 'class 2'])

@@ -111,9 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_writable(args.out, args.overwrite)
         calibration_folder = list_image_folder(args.calibration_dir)
         held_out = list_image_folder(args.eval_dir) if args.eval_dir else None
-        split = split_calibration(calibration_folder, args.calibration_images, args.check_images, args.seed)
         if held_out is not None:
-            check_disjoint(split, held_out)
+            check_disjoint(calibration_folder, held_out)
+        split = split_calibration(calibration_folder, args.calibration_images, args.check_images, args.seed)
         clf = load_classifier(args, use_ema=args.use_ema)
         out = args.out or Path('exports') / f"{args.model}{'_features' * args.headless}_int8.onnx"
         check_writable(out, args.overwrite)

@@ -148,7 +148,8 @@ def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_f
                                                              [(check, None)])
         ok = result is not None and meets_target(result, min_agreement, min_cosine)
         attempts.append(Attempt(group, int8.fp32_nodes, result, ok))
-        log(f'  kept in fp32: {group} ({len(int8.fp32_nodes)} nodes); check on {len(split.check)} held-out '
+        nodes = len(int8.fp32_nodes)
+        log(f'  kept in fp32: {group} ({nodes} node{"s" * (nodes != 1)}); check on {len(split.check)} held-out '
             f'calibration images: {_summary(result)}' + ('' if result is None else
                                                           ' (meets the target)' if ok else ' (below the target)'))
         if ok or check is None:

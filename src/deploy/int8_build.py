@@ -32,7 +32,7 @@ __all__ = ['AUTO', 'CalibrationSplit', 'split_calibration', 'check_disjoint', 'h
 
 AUTO = 'auto'
 # auto starts with the first conv in fp32: all in int8 missed the check on the crop classifier, and a 3-channel
-# int8 conv is slower than the fp32 one (docs/deployment.md)
+# int8 conv is no faster than the fp32 one (docs/deployment.md)
 AUTO_ORDER = KEEP_FP32_ORDER[1:]
 
 

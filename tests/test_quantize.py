@@ -245,3 +245,17 @@ def test_bad_input_from_the_command_line_is_one_line(small_inputs):
     assert proc.returncode == 2
     assert proc.stderr.count('\n') == 1 and proc.stderr.startswith('quantize.py: error: no images in empty'), proc.stderr
     assert not (small_inputs / 'exports').exists()
+
+
+def test_missed_target_writes_nothing_and_exits_1(small_inputs, tmp_path, capsys):
+    """--keep-fp32 auto widens through first conv, tokenizer and stem; when even the stem misses the target,
+    the error says so and no file is written."""
+    out = tmp_path / 'int8.onnx'
+    code = quantize_tool.main(['--checkpoint', str(small_inputs / 's.pth'), '--calibration-dir',
+                               str(small_inputs / 'data' / 'train'), '--calibration-images', '3', '--check-images', '3',
+                               '--min-agreement', '100.1', '--out', str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and 'misses the target on the check slice' in captured.err and captured.err.count('\n') == 1
+    assert [line.split(':')[1].split('(')[0].strip() for line in captured.out.splitlines() if 'kept in fp32' in line] \
+        == ['first_conv', 'tokenizer', 'stem']
+    assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,8 @@ matmul reaches 37 GFLOP/s against 166 in fp32, and a ConvMLP-S training step run
 fp32. So ``--amp`` (and the README's inference recipe) asks :func:`amp_dtype`, which returns the low
 precision dtype where it is native and ``None`` (plain fp32) where it is emulated, saying so once.
 ``CONVMLP_CPU_AMP=force`` uses the requested dtype anyway. On CUDA nothing changes: fp16 unless asked
-otherwise.
+otherwise. :func:`cpu_int8` says the same for int8 inference: whether the CPU has VNNI or AMX, the
+instructions int8 kernels need to beat fp32 by much.
 
 Importable without timm or OpenMMLab.
 """

@@ -1,21 +1,27 @@
 # The two commands of the README: `make demo` (the main job) and `make test`. Both install what they
 # need into .venv first, in layers (tools/install.sh; a second run installs nothing): the core (torch, timm,
 # the tools) for the demo, classification and the tools; the OpenMMLab stack (mmcv built from source, about
-# 17 min on 2 cores the first time) for the tests, the transfer workflow and detection / segmentation.
+# 17 min on 2 cores the first time) for the tests, the transfer workflow and detection / segmentation;
+# Slurm (system packages, where root and apt-get are at hand) for the tests of the Slurm launchers.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-mm test test-fast demo transfer ablation-study
+.PHONY: install install-mm install-slurm test test-fast demo transfer ablation-study
 install:
 	@VENV=$(VENV) bash tools/install.sh core
 
 install-mm:
 	@VENV=$(VENV) bash tools/install.sh openmmlab
 
-test: install-mm
+# Slurm and munge from the system's packages, for the tests that run a Slurm cluster on this host (root and
+# apt-get; elsewhere one line says it is skipped, and so are those tests)
+install-slurm:
+	@VENV=$(VENV) bash tools/install.sh slurm
+
+test: install-mm install-slurm
 	$(PY) -m pytest
 
-test-fast: install-mm
+test-fast: install-mm install-slurm
 	$(PY) -m pytest -m 'not slow'
 
 # main job: ConvMLP-S trained from scratch on scikit-learn's handwritten digits (an ImageFolder written to

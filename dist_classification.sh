@@ -20,12 +20,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/tools/torchrun.sh"
 [[ $# -ge 1 ]] || usage "NUM_PROC is missing"
 NUM_PROC=$1
 shift
-args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do   # a config path that does not exist: say so before torchrun
-    if [[ "${args[$i]}" == "-c" || "${args[$i]}" == "--config" ]]; then
-        cfg="${args[$((i + 1))]:-}"
-        [[ -n "$cfg" && -f "$cfg" ]] || usage "config file not found: '${cfg}'"
-    fi
-done
+check_classification_args "$@"
 check_num_proc "$NUM_PROC"
-run_torchrun "$NUM_PROC" "$ROOT/classification.py" "${args[@]}"
+run_torchrun "$NUM_PROC" "$ROOT/classification.py" "$@"

@@ -1,5 +1,6 @@
-"""Helpers of tests/test_detection.py and tests/test_segmentation.py: build models from configs, run
-the torchrun launchers, parse what they print."""
+"""Helpers of the detection and segmentation tests (tests/test_detection.py, test_segmentation.py,
+test_dense_resume.py, test_slurm.py): build models from configs, run the torchrun launchers, parse what they
+print, a short Semantic FPN-S run and the bitwise comparison of two runs' checkpoints."""
 import os
 import re
 import socket
@@ -9,6 +10,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+
+# Semantic FPN-S on 64 px shapes: 6 iterations of batch 2, a checkpoint after each, validation after 3
+FPN = 'configs/segmentation/shapes/fpn_convmlp_s_shapes.py'
+ITERS = 6
+SEG = ['train_dataloader.batch_size=2', 'model.data_preprocessor.size=(64,64)',
+       'train_dataloader.dataset.pipeline.3.crop_size=(64,64)', f'train_cfg.max_iters={ITERS}',
+       'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
+       'randomness.seed=5']
 
 
 def build_model(config: str, scope: str, init_cfg=None, **cfg_options):
@@ -64,3 +73,35 @@ def metrics(text: str, prefix: str) -> dict:
     for name, value in re.findall(rf'{prefix}/(\w+): (-?[\d.]+)', text):
         found[name] = float(value)
     return found
+
+
+def _assert_same(a, b, where=''):
+    import torch
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f'{where}[{i}]')
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_bitwise_equal(ref_file, cut_file):
+    """Two run checkpoints hold the same weights, optimizer and scheduler states, position, seed and RNG states."""
+    import torch
+    from src.mm.checkpoints import load_run_checkpoint
+    ref, cut = load_run_checkpoint(ref_file), load_run_checkpoint(cut_file)
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        _assert_same(ref[key], cut[key], key)
+    for key in ('epoch', 'iter', 'seed', 'rng_states'):
+        _assert_same(ref['meta'][key], cut['meta'][key], f'meta.{key}')
+    assert any(k.startswith('backbone.') for k in ref['state_dict']) and ref['optimizer']['state']
+    # what the file needs to load is mmengine's, numpy's and torch's: no module of this project, so moving
+    # src/ modules cannot break a checkpoint written before
+    assert not [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(ref_file) if g.startswith('src')]

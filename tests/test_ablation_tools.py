@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from helpers import load_tool
 from src.studies import ablation as study
 from src.convmlp import convmlp_m_pure_mlp, convmlp_s, convmlp_s_pure_mlp

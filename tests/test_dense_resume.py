@@ -1,7 +1,9 @@
-"""Detection and segmentation runs lose nothing (src/mm/safe_runner.py): SIGKILL at a random iteration,
-SIGKILL in the middle of writing a checkpoint, a truncated newest checkpoint, then ``--resume``: the run
-ends with weights, optimizer and scheduler states (and RNG states) bitwise equal to the run never
-interrupted, with the shipped models' dropout and drop path on and validation between checkpoints."""
+"""Detection and segmentation runs lose nothing (src/mm/safe_runner.py, src/mm/preemption.py): SIGKILL at a
+random iteration, SIGKILL in the middle of writing a checkpoint, a truncated newest checkpoint, SIGTERM /
+SIGUSR1 (one checkpoint where the run stands, inside an epoch too, exit code 75), then ``--resume``: the
+run ends with weights, optimizer and scheduler states (and RNG states) bitwise equal to the run never
+interrupted, with the shipped models' dropout and drop path on and validation between checkpoints. And
+gradient accumulation (mmengine's ``optim_wrapper.accumulative_counts``) in a real run."""
 import contextlib
 import os
 import random
@@ -17,18 +19,13 @@ import torch
 pytest.importorskip('mmseg')
 pytest.importorskip('mmdet')
 
-from dense_e2e import PY, ROOT, free_port  # noqa: E402
-from src.mm.checkpoints import load_run_checkpoint
+from dense_e2e import FPN, ITERS, PY, ROOT, SEG, assert_bitwise_equal, free_port  # noqa: E402
+from src.mm.checkpoints import load_run_checkpoint  # noqa: E402
 from src.mm.run import main  # noqa: E402
 from src.studies.shapes import make_shapes  # noqa: E402
+from src.utils.preemption import EXIT_PREEMPTED  # noqa: E402
 
-FPN = 'configs/segmentation/shapes/fpn_convmlp_s_shapes.py'
 RETINANET = 'configs/detection/shapes/retinanet_convmlp_s_fpn_shapes.py'
-ITERS = 6  # segmentation: iterations; detection: 3 epochs of 2
-SEG = ['train_dataloader.batch_size=2', 'model.data_preprocessor.size=(64,64)',
-       'train_dataloader.dataset.pipeline.3.crop_size=(64,64)', f'train_cfg.max_iters={ITERS}',
-       'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
-       'randomness.seed=5']
 DET = ['train_dataloader.batch_size=2', 'val_dataloader.batch_size=1', 'model.test_cfg.score_thr=0.0',
        'train_dataloader.dataset.pipeline.2.scale=(64,64)', 'val_dataloader.dataset.pipeline.1.scale=(64,64)',
        f'train_cfg.max_epochs={ITERS // 2}', 'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
@@ -98,31 +95,6 @@ def _newest(work) -> tuple:
     return max((int(re.search(r'(\d+)', p.name).group(1)), p) for p in work.glob('*_*.pth'))
 
 
-def _assert_same(a, b, where=''):
-    assert type(a) is type(b), where
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    elif torch.is_tensor(a):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
-
-
-def _assert_bitwise_equal(ref_file, cut_file):
-    ref, cut = load_run_checkpoint(ref_file), load_run_checkpoint(cut_file)
-    for key in ('state_dict', 'optimizer', 'param_schedulers'):
-        _assert_same(ref[key], cut[key], key)
-    for key in ('epoch', 'iter', 'seed', 'rng_states'):
-        _assert_same(ref['meta'][key], cut['meta'][key], f'meta.{key}')
-    assert any(k.startswith('backbone.') for k in ref['state_dict']) and ref['optimizer']['state']
-
-
 def _train(task, config, data, work, *options):
     return [PY, ROOT / f'{task}/train.py', ROOT / config, '--data-root', data, '--work-dir', work,
             '--cfg-options', *(SEG if task == 'segmentation' else DET), *options]
@@ -163,7 +135,7 @@ def test_segmentation_killed_while_saving_anywhere_and_torn_resumes_bitwise(tmp_
     assert f'warning: resume: skipping cannot read checkpoint {newest} ({size} bytes): truncated' in text
     assert f'resumed epoch: 0, iter: {step - 1}' in text and f'Iter(train) [{step - 1}/{ITERS}]' not in text
     _finish(ref, tmp_path / 'ref.log')
-    _assert_bitwise_equal(ref_work / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
+    assert_bitwise_equal(ref_work / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
 
 
 @pytest.mark.slow
@@ -179,7 +151,7 @@ def test_detection_killed_at_random_iteration_resumes_bitwise(tmp_path):
     text = _finish(_start(_train('detection', RETINANET, data, work) + ['--resume'], log), log)
     assert f'resumed epoch: {epoch}, iter: {2 * epoch}' in text
     _finish(ref, tmp_path / 'ref.log')
-    _assert_bitwise_equal(tmp_path / 'ref' / f'epoch_{ITERS // 2}.pth', work / f'epoch_{ITERS // 2}.pth')
+    assert_bitwise_equal(tmp_path / 'ref' / f'epoch_{ITERS // 2}.pth', work / f'epoch_{ITERS // 2}.pth')
 
 
 @pytest.mark.slow
@@ -196,7 +168,7 @@ def test_two_processes_killed_at_random_iteration_resume_bitwise(tmp_path):
     step, _ = _newest(work)
     text = _finish(_start(launch(work, '--resume'), log), log)  # --resume after --cfg-options' values
     assert f'resumed epoch: 0, iter: {step}' in text
-    _assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
+    assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
 
 
 def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
@@ -211,10 +183,12 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
     for line, step in zip(err, (4, 2)):  # newest first, each named with its size
         assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / f"iter_{step}.pth"} '
                                f'(9 bytes): truncated'), line
-    assert len(err) == 3 and err[2].startswith(f'error: no checkpoint of {work} loads (2 tried, the newest: ')
+    assert len(err) == 3 and err[2].startswith(f'segmentation/train.py: error: no checkpoint of {work} loads (2 tried, '
+                                               f'the newest: ')
     assert main('segmentation', 'train', args + ['--resume', str(work / 'iter_2.pth')]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f'error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): truncated')
+    assert line.startswith(f'segmentation/train.py: error: cannot read checkpoint {work / "iter_2.pth"} (9 bytes): '
+                           f'truncated')
 
 
 def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):
@@ -238,3 +212,105 @@ def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, caps
     assert (cfg.resume, cfg.load_from, cfg.randomness.seed) == (True, str(work / 'iter_9.pth'), 9)
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f'warning: resume: skipping cannot read checkpoint {work / "iter_10.pth"} (100 bytes)')
+
+
+
+@pytest.mark.parametrize('by_epoch,regular,preempted,newest', [
+    (False, (4, 8), 6, 'iter_8.pth'),      # stale: saved before iter_8
+    (False, (4,), 6, 'preempted.pth'),     # iteration 6 after iter_4
+    (True, (1, 2), (2, 13), 'preempted.pth'),  # inside epoch 3, after epoch_2
+    (True, (1, 2, 3), (2, 13), 'epoch_3.pth'),  # epoch 3 saved later, the removal of preempted.pth cut short
+])
+def test_resume_places_a_preempted_checkpoint_by_where_it_stood(tmp_path, by_epoch, regular, preempted, newest):
+    from mmengine.config import Config
+    from src.mm.checkpoints import find_resume_checkpoint
+    cfg = Config(dict(work_dir=str(tmp_path), default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook',
+                                                                                 by_epoch=by_epoch))))
+    for n in regular:
+        meta = dict(epoch=n, iter=n * 5) if by_epoch else dict(epoch=0, iter=n)
+        torch.save({'meta': meta, 'state_dict': {}}, tmp_path / f'{"epoch" if by_epoch else "iter"}_{n}.pth')
+    epoch, it = preempted if by_epoch else (0, preempted)
+    torch.save({'meta': dict(epoch=epoch, iter=it), 'state_dict': {}}, tmp_path / 'preempted.pth')
+    path, ckpt = find_resume_checkpoint(cfg)
+    assert path == str(tmp_path / newest) and ckpt['meta'] == torch.load(path, weights_only=True)['meta']
+
+
+# ---- preemption (src/mm/preemption.py): SIGTERM / SIGUSR1 save where the run stands, exit code 75 --------------
+def _stop_when(proc, log, pattern: str, send) -> int:
+    """Once ``pattern`` (a regex with one group: an iteration) is in ``log``, ``send()`` the signal; returns the
+    last iteration the log had shown by then."""
+    while proc.poll() is None and not re.search(pattern, log.read_text(errors='replace')):
+        time.sleep(0.01)
+    seen = max(int(i) for i in re.findall(pattern, log.read_text(errors='replace')))
+    send()
+    assert proc.wait(timeout=600) == EXIT_PREEMPTED, log.read_text()[-6000:]
+    return seen
+
+
+@pytest.mark.slow
+def test_sigterm_to_two_processes_saves_within_an_iteration_and_resumes_bitwise(tmp_path):
+    """dist_segmentation.sh, 2 CPU processes: SIGTERM to the launcher's process group (as Slurm, a spot reclaim
+    or ``kill -TERM -PGID`` send it) after iteration 2; one checkpoint at the next iteration end, exit code 75;
+    the same command with --resume ends bitwise equal to the run never interrupted."""
+    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
+
+    def launch(work, *args):
+        return ['bash', ROOT / 'dist_segmentation.sh', FPN, 2, data, '--work-dir', work, '--cfg-options', *SEG,
+                'default_hooks.checkpoint.interval=100', *args]  # no regular checkpoint but the last
+    _finish(_start(launch(tmp_path / 'ref'), tmp_path / 'ref.log'), tmp_path / 'ref.log')
+    log, work = tmp_path / 'cut.log', tmp_path / 'cut'
+    cut = _start(launch(work), log)
+    seen = _stop_when(cut, log, rf'Iter\(train\) \[(\d+)/{ITERS}\]', lambda: os.killpg(cut.pid, signal.SIGTERM))
+    text = log.read_text()
+    stop = re.search(rf'stopped by SIGTERM at iteration (\d+)/{ITERS}: saved {work / "preempted.pth"}; run the '
+                     r'same command with --resume to go on \(exit code 75\)', text)
+    assert stop and seen <= int(stop.group(1)) <= seen + 1, text[-3000:]  # within the iteration under way
+    assert 'the run stopped for a signal with its checkpoint saved (exit code 75)' in text
+    assert sorted(p.name for p in work.glob('*.pth')) == ['preempted.pth']
+    assert (work / 'last_checkpoint').read_text() == str(work / 'preempted.pth')
+    assert load_run_checkpoint(work / 'preempted.pth')['meta']['iter'] == int(stop.group(1))
+    text = _finish(_start(launch(work, '--resume'), log), log)
+    assert f'resumed epoch: 0, iter: {stop.group(1)}' in text
+    assert sorted(p.name for p in work.glob('*.pth')) == [f'iter_{ITERS}.pth']  # the regular save removed it
+    assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
+
+
+@pytest.mark.slow
+def test_detection_stopped_inside_an_epoch_resumes_there_bitwise(tmp_path):
+    """Epoch loop, 1 process, 4 iterations per epoch: SIGUSR1 inside epoch 2; the resumed run draws the
+    epoch's trained batches again without training (ExactEpochBasedTrainLoop) and trains on from there."""
+    data = make_shapes(tmp_path / 'shapes', num_train=8, num_val=2, size=(64, 64)) / 'coco'
+    options = ['train_cfg.max_epochs=2']  # after DET's 3: the last value wins
+    ref = _start(_train('detection', RETINANET, data, tmp_path / 'ref', *options), tmp_path / 'ref.log')
+    log, work = tmp_path / 'cut.log', tmp_path / 'cut'
+    cut = _start(_train('detection', RETINANET, data, work, *options), log)
+    _stop_when(cut, log, r'Epoch\(train\) \[2\]\[(\d+)/4\]', lambda: cut.send_signal(signal.SIGUSR1))
+    text = log.read_text()
+    stop = re.search(r'stopped by SIGUSR1 at epoch 2 iteration (\d)/4: saved (\S+);', text)
+    assert stop and stop.group(2) == str(work / 'preempted.pth'), text[-3000:]
+    k = int(stop.group(1))
+    text = _finish(_start(_train('detection', RETINANET, data, work, *options) + ['--resume'], log), log)
+    assert f'resumed epoch: 1, iter: {4 + k}' in text
+    assert f'Advance dataloader {k} steps to skip data that has already been trained in epoch 2' in text
+    assert 'restarts that epoch' not in text
+    _finish(ref, tmp_path / 'ref.log')
+    assert_bitwise_equal(tmp_path / 'ref' / 'epoch_2.pth', work / 'epoch_2.pth')
+
+
+@pytest.mark.slow
+def test_accumulative_counts_steps_the_optimizer_every_second_iteration(tmp_path):
+    """Gradient accumulation for detection and segmentation is mmengine's optim_wrapper.accumulative_counts:
+    with 2, a real Semantic FPN-S run updates its weights after iterations 2 and 4 only."""
+    data = make_shapes(tmp_path / 'shapes', num_train=2, num_val=1, size=(64, 64)) / 'ade'
+    work = tmp_path / 'work'
+    args = [str(ROOT / FPN), '--data-root', str(data), '--work-dir', str(work), '--cfg-options', *SEG,
+            'train_cfg.max_iters=4', 'train_cfg.val_interval=100', 'optim_wrapper.accumulative_counts=2',
+            'default_hooks.checkpoint.max_keep_ckpts=4']
+    assert main('segmentation', 'train', args) == 0
+    ckpts = [load_run_checkpoint(work / f'iter_{i}.pth') for i in range(1, 5)]
+    steps = [max((s['step'] for s in c['optimizer']['state'].values()), default=0) for c in ckpts]
+    assert [int(s) for s in steps] == [0, 1, 1, 2]
+    params = [{k: v for k, v in c['state_dict'].items() if 'running_' not in k and 'num_batches' not in k}
+              for c in ckpts]  # BatchNorm's buffers change at every iteration
+    for a, b, updated in ((params[0], params[1], True), (params[1], params[2], False), (params[2], params[3], True)):
+        assert any(not torch.equal(a[k], b[k]) for k in a) == updated

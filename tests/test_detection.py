@@ -100,8 +100,8 @@ def test_bad_data_paths_give_one_clear_error(tmp_path, capsys):
     config = str(ROOT / RETINANET)
     assert main('detection', 'train', [config, '--data-root', str(tmp_path / 'nowhere')]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f'error: dataset root not found: {tmp_path / "nowhere"} (of train_dataloader; set it with ' \
-                  f'DATA_ROOT / --data-root)'
+    assert err == f'detection/train.py: error: dataset root not found: {tmp_path / "nowhere"} (of train_dataloader; ' \
+                  f'set it with DATA_ROOT / --data-root)'
     (tmp_path / 'train2017').mkdir()
     assert main('detection', 'train', [config, '--data-root', str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -58,8 +58,9 @@ def _plan(tmp_path, *layers):
 
 
 def test_make_demo_installs_no_openmmlab_package(tmp_path):
-    """On a fresh clone (no .venv) the demo's install plan is the core layer only; the test command's
-    plan includes the OpenMMLab layer. And the demo's code imports nothing of OpenMMLab."""
+    """On a fresh clone (no .venv) the demo's install plan is the core layer only (no OpenMMLab package, no
+    Slurm); the test command's plan includes the OpenMMLab and Slurm layers. And the demo's code imports
+    nothing of OpenMMLab."""
     dry = subprocess.run(['make', '-n', 'demo', f'VENV={tmp_path / "fresh-venv"}'], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     calls = re.findall(r'tools/install.sh\s+(\S+)', dry)
@@ -70,9 +71,12 @@ def test_make_demo_installs_no_openmmlab_package(tmp_path):
     test_calls = re.findall(r'tools/install.sh\s+(\S+)', subprocess.run(
         ['make', '-n', 'test', f'VENV={tmp_path / "fresh-venv"}'], cwd=ROOT, capture_output=True, text=True,
         check=True).stdout)
-    assert test_calls == ['openmmlab']
+    assert test_calls == ['openmmlab', 'slurm']
     full = _plan(tmp_path, 'openmmlab')
-    assert 'mmcv==2.1.0' in full and 'mmdet==' in full and 'built from source' in full
+    assert 'mmcv==2.1.0' in full and 'mmdet==' in full and 'built from source' in full and 'slurm' not in full
+    assert re.fullmatch(r'slurm: (installed on this machine \(nothing to do\)|skipped: .+; the Slurm tests will be '
+                        r'skipped|apt-get install slurmctld slurmd slurm-client munge \(no daemon started\))\n',
+                        _plan(tmp_path, 'slurm'))
     code = ('import sys, runpy; sys.argv = ["classification.py", "--help"]\n'
             'try:\n    runpy.run_path("classification.py", run_name="__main__")\nexcept SystemExit:\n    pass\n'
             'import src.train.run, src.train.digits, src.classification\n'
@@ -91,6 +95,7 @@ def test_install_rejects_an_unknown_layer(tmp_path):
 @pytest.mark.parametrize('argv,prog', [
     (['classification.py', '/nowhere', '--model', 'convmlp_s'], 'classification.py'),
     (['tools/predict.py', '/nowhere.png', '--random'], 'predict.py'),
+    (['tools/cam.py', '/nowhere.png', '--random'], 'cam.py'),
     (['tools/make_shapes.py', '/tmp/x', '--objects', '0-3'], 'make_shapes.py'),
     (['detection/train.py', 'configs/detection/retinanet_convmlp_s_fpn_1x_coco.py', '--data-root', '/nowhere'],
      'detection/train.py'),

@@ -75,7 +75,8 @@ def test_missing_annotation_folder_is_named(tmp_path, capsys):
     (root / 'annotations/validation').rmdir()
     assert main('segmentation', 'train', [str(ROOT / FPN), '--data-root', str(root)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f'error: seg_map_path folder not found: {root / "annotations/validation"} (of val_dataloader)'
+    assert err == (f'segmentation/train.py: error: seg_map_path folder not found: {root / "annotations/validation"} '
+                   f'(of val_dataloader)')
 
 
 def _val_metrics(text: str) -> dict:

@@ -75,7 +75,7 @@ def test_crops_are_an_imagefolder_of_other_scenes(tmp_path):
 
 
 def test_shapes_cli_bad_ranges_are_one_line(tmp_path, capsys):
-    main = loadload_tool('make_shapes').main
+    main = load_tool('make_shapes').main
     assert main([str(tmp_path / 'x'), '--objects', '0-3']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'objects range must satisfy 1 <= low <= high' in err, err

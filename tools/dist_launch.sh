@@ -23,21 +23,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/torchrun.sh"
 [ "$TASK" = detection ] || [ "$TASK" = segmentation ] || { NAME=dist_launch.sh; usage "unknown task '$TASK'"; }
 shift
 [ $# -ge 3 ] || usage "need CONFIG, NUM_PROC and DATA_ROOT"
-CONFIG=$1 NUM_PROC=$2 DATA_ROOT=$3
-shift 3
-[ -f "$CONFIG" ] || usage "config not found: $CONFIG"
+NUM_PROC=$2
 check_num_proc "$NUM_PROC"
-[ -d "$DATA_ROOT" ] || usage "dataset root not found: $DATA_ROOT"
-SCRIPT=$ROOT/$TASK/train.py
-if [ "${1:-}" = --test ]; then
-    [ $# -ge 2 ] || usage "--test needs a CHECKPOINT"
-    [ -f "$2" ] || usage "checkpoint not found: $2"
-    SCRIPT=$ROOT/$TASK/test.py
-    CHECKPOINT=$2
-    shift 2
-    set -- "$CHECKPOINT" "$@"
-fi
-if [[ -z "${PYTHON:-}" && -x "$ROOT/.venv/bin/python" ]]; then  # the project's environment: its OpenMMLab layer
-    VENV="$ROOT/.venv" bash "$ROOT/tools/install.sh" openmmlab
-fi
-run_torchrun "$NUM_PROC" "$SCRIPT" "$CONFIG" "$@" --data-root "$DATA_ROOT" --launcher pytorch
+CONFIG=$1 DATA_ROOT=$3
+shift 3
+dense_command "$TASK" "$CONFIG" "$DATA_ROOT" "$@"
+run_torchrun "$NUM_PROC" "${COMMAND[@]}" --launcher pytorch

@@ -3,6 +3,7 @@ and segmentation demos and tests, and with ``--crops`` their objects as a classi
 
     python tools/make_shapes.py data/shapes --train 64 --val 16 --size 128x96
     python tools/make_shapes.py data/transfer --train 256 --val 64 --crops 1500 400 --crop-size 64
+    python tools/make_shapes.py data/cam --train 256 --val 64 --crops 1500 300 --crop-masks   # + object masks
 
 Bad input (a range that cannot work, an existing folder without --overwrite) is one line and exit code 2.
 """
@@ -51,18 +52,24 @@ def main(argv=None) -> int:
                    help='also write ROOT/cls: the objects of TRAIN (VAL) other scenes as a classification '
                         'ImageFolder (default: none)')
     p.add_argument('--crop-size', type=int, default=64, help='side of the classification crops in px (default 64)')
+    p.add_argument('--crop-masks', action='store_true',
+                   help="with --crops: each crop's object mask beside it, ROOT/cls/masks/SPLIT/CLASS/NNNNNN.png "
+                        '(the crops are the same with or without)')
     p.add_argument('--overwrite', action='store_true', help='replace ROOT/coco, ROOT/ade (and ROOT/cls) if they exist')
     args = p.parse_args(argv)
+    if args.crop_masks and not any(args.crops):
+        return report('--crop-masks needs --crops TRAIN VAL (the masks are those of the crops)')
     try:
         root = make_shapes(args.root, args.train, args.val, args.size, args.seed, args.overwrite, args.radius,
-                           args.objects, tuple(args.crops), args.crop_size)
+                           args.objects, tuple(args.crops), args.crop_size, args.crop_masks)
     except FileExistsError as e:
         return report(f'{e.args[0]}: choose another folder, or pass --overwrite to delete it')
     except (ValueError, OSError) as e:
         return report(e)
     print(f'wrote {args.train} train + {args.val} val scenes: COCO layout in {root / "coco"}, '
           f'ADE20K layout in {root / "ade"}' + (f'; crops of {args.crops[0]} + {args.crops[1]} other scenes '
-                                               f'in {root / "cls"}' if any(args.crops) else ''))
+                                               f'in {root / "cls"}' + (' with their masks' if args.crop_masks else '')
+                                               if any(args.crops) else ''))
     return 0
 
 

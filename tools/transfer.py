@@ -58,7 +58,8 @@ def main(argv=None) -> int:
                    'run (numbers meaningless)')
     p.add_argument('--fresh', action='store_true', help='delete OUT\'s earlier runs first (not the data)')
     p.add_argument('--docs', type=Path, default=None, help='copy the curves and pictures here (transfer_*.png)')
-    p.add_argument('--readme', type=Path, default=None, help='put the table between the transfer markers of this Markdown page (make transfer: docs/transfer.md)')
+    p.add_argument('--readme', type=Path, default=None,
+                   help='put the table between the transfer markers of this Markdown page (make transfer: docs/transfer.md)')
     p.add_argument('--quiet', action='store_true', help="only this tool's lines, not the runs' logs (in OUT/logs)")
     args = p.parse_args(argv)
 

@@ -7,7 +7,9 @@
     config        the mmengine config prepared from the command line (data root, resume, AMP, CPU)
     checkpoints   reading run checkpoints and release files safely (``weights_only=True``), finding the
                   newest loadable one, converting mmdet 2.x / mmseg 0.x files
-    safe_runner   crash-safe checkpoints and exact resume (Runner and CheckpointHook in place of mmengine's)
+    safe_runner   crash-safe checkpoints and exact resume (Runner and CheckpointHook in place of mmengine's,
+                  an epoch loop that resumes inside an epoch)
+    preemption    SIGTERM / SIGUSR1: one checkpoint where the run stands, exit code 75
     cpu_amp       bf16 autocast optimizer wrapper for CPU training (mmengine's AmpOptimWrapper needs a GPU)
     inference     pictures of predictions on mmdet's / mmseg's inferencers
     demo          the command line of ``detection/demo.py`` and ``segmentation/demo.py``

@@ -19,10 +19,16 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..utils.distributed import env_rank
 from ..weights import CheckpointError, load_checkpoint_file, state_dict_mismatch, unwrap_state_dict
 
-__all__ = ['LEGACY_RENAMES', 'run_checkpoint_globals', 'run_checkpoints_loadable', 'convert_legacy_checkpoint',
-           'load_run_checkpoint', 'run_checkpoints', 'find_resume_checkpoint', 'load_checkpoint_for_test']
+__all__ = ['LEGACY_RENAMES', 'PREEMPTED_CHECKPOINT', 'run_checkpoint_globals', 'run_checkpoints_loadable',
+           'convert_legacy_checkpoint', 'load_run_checkpoint', 'run_checkpoints', 'find_resume_checkpoint',
+           'load_checkpoint_for_test']
+
+# The checkpoint of a run stopped by SIGTERM / SIGUSR1 (src/mm/preemption.py), wherever it stood (inside an
+# epoch too), beside the CheckpointHook's; the next regular checkpoint removes it.
+PREEMPTED_CHECKPOINT = 'preempted.pth'
 
 # Keys renamed between mmdet 2.x and 3.x / mmseg 0.x and 1.x in the modules these configs use, as
 # (old prefix, new prefix). Comparing the parameter-holding attributes of RetinaHead, AnchorHead,
@@ -103,32 +109,54 @@ def load_run_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def run_checkpoints(cfg) -> List[str]:
-    """The checkpoints ``cfg``'s CheckpointHook saved (its folder and file name template), newest first."""
+def _numbered_checkpoints(cfg) -> Tuple[str, bool, List[Tuple[int, str]]]:
+    """(folder, by_epoch, [(number, path), ...] newest first) of the checkpoints ``cfg``'s CheckpointHook saved
+    (its folder and file name template)."""
     hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
     folder = cfg.work_dir
     if hook.get('out_dir') and hook['out_dir'] != cfg.work_dir:  # as CheckpointHook.before_train joins them
         folder = osp.join(hook['out_dir'], osp.basename(cfg.work_dir.rstrip(osp.sep)))
-    template = hook.get('filename_tmpl') or ('epoch_{}.pth' if hook.get('by_epoch', True) else 'iter_{}.pth')
+    by_epoch = hook.get('by_epoch', True)
+    template = hook.get('filename_tmpl') or ('epoch_{}.pth' if by_epoch else 'iter_{}.pth')
     pattern = re.compile(re.escape(template).replace(r'\{\}', r'(\d+)'))
     found = [(int(m.group(1)), osp.join(folder, name)) for name in (os.listdir(folder) if osp.isdir(folder) else [])
              if (m := pattern.fullmatch(name))]
-    return [path for _, path in sorted(found, reverse=True)]
+    return folder, by_epoch, sorted(found, reverse=True)
+
+
+def run_checkpoints(cfg) -> List[str]:
+    """The checkpoints ``cfg``'s CheckpointHook saved (its folder and file name template), newest first."""
+    return [path for _, path in _numbered_checkpoints(cfg)[2]]
 
 
 def find_resume_checkpoint(cfg) -> Tuple[Optional[str], Optional[dict]]:
     """The newest checkpoint of ``cfg``'s work dir that loads, as (path, checkpoint); the ones that do not
-    are named on stderr (rank 0) and skipped. (None, None) in a work dir without checkpoints; raises
-    CheckpointError when there are some and none loads."""
-    rank0 = int(os.environ.get('RANK', 0)) == 0
+    are named on stderr (rank 0) and skipped. A preempted run's :data:`PREEMPTED_CHECKPOINT` counts by
+    where it stood (its ``meta``: inside epoch E+1 is newer than ``epoch_E.pth``, iteration I than
+    ``iter_{I-1}.pth``). (None, None) in a work dir without checkpoints; raises CheckpointError when there
+    are some and none loads."""
+    rank0 = env_rank() == 0
     errors = []
-    for path in run_checkpoints(cfg):
+
+    def load(path: str) -> Optional[dict]:
         try:
-            return path, load_run_checkpoint(path)
+            return load_run_checkpoint(path)
         except CheckpointError as e:
             errors.append(str(e))
             if rank0:
                 print(f'warning: resume: skipping {e}', file=sys.stderr, flush=True)
+            return None
+
+    folder, by_epoch, found = _numbered_checkpoints(cfg)
+    candidates = [(float(n), path, None) for n, path in found]
+    preempted = osp.join(folder, PREEMPTED_CHECKPOINT)
+    if osp.isfile(preempted) and (ckpt := load(preempted)) is not None:
+        meta = ckpt['meta']  # a regular checkpoint of the same point wins
+        candidates.append((meta['epoch'] + 0.5 if by_epoch else meta['iter'] - 0.5, preempted, ckpt))
+    for _, path, ckpt in sorted(candidates, key=lambda c: c[0], reverse=True):
+        ckpt = ckpt or load(path)
+        if ckpt is not None:
+            return path, ckpt
     if errors:
         raise CheckpointError(f'no checkpoint of {cfg.work_dir} loads ({len(errors)} tried, the newest: '
                               f'{errors[0]}); start anew without --resume')

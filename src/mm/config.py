@@ -6,7 +6,9 @@
 * ``--amp``: fp16 with loss scaling on CUDA; bf16 on a CPU that computes it natively
   (:mod:`src.utils.precision`, :mod:`src.mm.cpu_amp`), else fp32 with one warning.
 * CPU: SyncBN becomes BN (SyncBN needs CUDA), the process group is gloo, and DDP gets ``device_ids=None``.
-* Checkpoints are written by :class:`src.mm.safe_runner.SafeCheckpointHook` in place of mmengine's hook.
+* Checkpoints are written by :class:`src.mm.safe_runner.SafeCheckpointHook` in place of mmengine's hook;
+  epoch schedules train with :class:`src.mm.safe_runner.ExactEpochBasedTrainLoop` (resumes inside an
+  epoch), and :class:`src.mm.preemption.PreemptionHook` stops a run on SIGTERM / SIGUSR1 with a checkpoint.
 """
 import os
 import os.path as osp
@@ -16,6 +18,7 @@ from typing import Iterator
 import torch
 
 from ..utils import precision
+from ..utils.distributed import env_rank
 from ..utils.errors import UsageError
 from .checkpoints import find_resume_checkpoint, load_run_checkpoint
 
@@ -35,7 +38,7 @@ def _set_resume(cfg, resume: str) -> None:
     else:
         resume, ckpt = find_resume_checkpoint(cfg)
         if ckpt is None:
-            if int(os.environ.get('RANK', 0)) == 0:
+            if env_rank() == 0:
                 print(f'resume: no checkpoint in {cfg.work_dir} yet, starting from scratch', file=sys.stderr,
                       flush=True)
             return
@@ -46,10 +49,13 @@ def _set_resume(cfg, resume: str) -> None:
         cfg.randomness = dict(cfg.get('randomness') or {}, seed=seed)
 
 
+EPOCH_LOOPS = ('EpochBasedTrainLoop', 'ExactEpochBasedTrainLoop')
+
+
 def _by_epoch(cfg) -> bool:
-    """Whether ``cfg`` trains with mmengine's EpochBasedTrainLoop."""
+    """Whether ``cfg`` trains with mmengine's EpochBasedTrainLoop (or ours, which resumes inside an epoch)."""
     train_cfg = cfg.get('train_cfg') or {}
-    return train_cfg.get('type', 'EpochBasedTrainLoop' if train_cfg.get('by_epoch') else None) == 'EpochBasedTrainLoop'
+    return train_cfg.get('type', 'EpochBasedTrainLoop' if train_cfg.get('by_epoch') else None) in EPOCH_LOOPS
 
 
 def _datasets(cfg: dict) -> Iterator[dict]:
@@ -155,6 +161,11 @@ def prepare_config(args, task: str, mode: str):
         hook = (cfg.get('default_hooks') or {}).get('checkpoint')
         if hook and hook.get('type') == 'CheckpointHook':
             hook.type = 'SafeCheckpointHook'  # atomic, ordered saves with RNG states (src/mm/safe_runner.py)
+        if hook and hook.get('type') == 'SafeCheckpointHook':  # SIGTERM / SIGUSR1: save and stop (src/mm/preemption.py)
+            cfg.custom_hooks = [*(cfg.get('custom_hooks') or []), dict(type='PreemptionHook')]
+        if _by_epoch(cfg) and cfg.train_cfg.get('type', 'EpochBasedTrainLoop') == 'EpochBasedTrainLoop':
+            cfg.train_cfg.pop('by_epoch', None)
+            cfg.train_cfg.type = 'ExactEpochBasedTrainLoop'  # resumes inside an epoch where it stopped
     else:
         cfg.load_from, cfg.resume = None, False  # test.py loads (and converts) the checkpoint itself
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

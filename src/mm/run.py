@@ -5,7 +5,8 @@ The config comes from :mod:`src.mm.config` (data root, resume, AMP, CPU set-up),
 :class:`src.mm.safe_runner.SafeRunner` (crash-safe checkpoints, exact resume), and ``test.py`` loads its
 checkpoint through :mod:`src.mm.checkpoints` (``weights_only=True``, release files converted, every key
 strictly). On CPU a torchrun launch joins a gloo group before mmengine would try (its ``init_dist`` calls
-``torch.cuda.set_device``). Bad input is one ``<command>: error: ...`` line and exit code 2.
+``torch.cuda.set_device``). Bad input is one ``<command>: error: ...`` line and exit code 2; a run stopped
+by SIGTERM / SIGUSR1 with its checkpoint saved (:mod:`src.mm.preemption`) exits with code 75.
 """
 import argparse
 import copy
@@ -13,8 +14,9 @@ import os
 
 import torch
 
-from ..utils.distributed import processes_from_env, setup_process, teardown_process
+from ..utils.distributed import env_rank, setup_process, teardown_process
 from ..utils.errors import UsageError, report
+from ..utils.preemption import EXIT_PREEMPTED, Preempted
 from . import require_openmmlab
 from .checkpoints import load_checkpoint_for_test, run_checkpoints_loadable
 from .config import prepare_config
@@ -25,13 +27,15 @@ METRIC_NAMES = {'detection': 'COCO bbox/segm AP', 'segmentation': 'mIoU'}
 
 
 def _setup_process(launcher: str) -> None:
-    """The CPU allocator and, on CPU under torchrun, the gloo group (on CUDA mmengine sets up NCCL)."""
+    """The CPU allocator, and the process group where mmengine would set it up wrongly: on CPU under torchrun
+    (its ``init_dist`` calls ``torch.cuda.set_device``) and under Slurm (ranks and rendezvous from Slurm's
+    variables, :func:`src.utils.distributed.slurm_environment`); on CUDA under torchrun mmengine sets up NCCL."""
     cuda = torch.cuda.is_available()
-    if launcher not in ('none', 'pytorch') and not cuda:
-        raise UsageError(f'--launcher {launcher} needs CUDA; on CPU use torchrun with --launcher pytorch')
-    if launcher == 'pytorch' and 'RANK' not in os.environ:
-        raise UsageError('--launcher pytorch expects to be started by torchrun (RANK is not set)')
-    setup_process('cuda' if cuda else 'cpu', join=launcher != 'none' and not cuda)
+    if launcher == 'mpi' and not cuda:
+        raise UsageError('--launcher mpi needs CUDA; on CPU use torchrun (--launcher pytorch) or srun '
+                         '(--launcher slurm)')
+    join = launcher == 'slurm' or (launcher == 'pytorch' and not cuda)
+    setup_process('cuda' if cuda else 'cpu', join=join, launcher=launcher if launcher != 'mpi' else None)
 
 
 def parse_args(task: str, mode: str, argv=None):
@@ -58,7 +62,7 @@ def parse_args(task: str, mode: str, argv=None):
     p.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                    help='override config entries, key=value (e.g. train_dataloader.batch_size=4)')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                   help='job launcher (pytorch = torchrun)')
+                   help='job launcher: pytorch = torchrun (dist_*.sh), slurm = one srun task per process (slurm_*.sh)')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -78,14 +82,17 @@ def main(task: str, mode: str, argv=None) -> int:
         _setup_process(args.launcher)
         return _run(cfg, args, task, mode)
     except UsageError as e:  # a CheckpointError too
-        return report(e, f'{task}/{mode}.py', show=processes_from_env().is_main)
+        return report(e, f'{task}/{mode}.py', show=env_rank() == 0)
+    except Preempted:  # SIGTERM / SIGUSR1: checkpoint saved, every process done (src/mm/preemption.py)
+        return EXIT_PREEMPTED
     finally:
         teardown_process(barrier=True)
 
 
 def _run(cfg, args, task: str, mode: str) -> int:
     from mmengine.model import is_model_wrapper
-    from .safe_runner import SafeRunner  # also registers SafeCheckpointHook
+    from . import preemption  # noqa: F401  registers PreemptionHook
+    from .safe_runner import SafeRunner  # also registers SafeCheckpointHook and ExactEpochBasedTrainLoop
     runner = SafeRunner.from_cfg(copy.deepcopy(cfg))
     with run_checkpoints_loadable():
         if mode == 'train':

@@ -11,32 +11,44 @@ run draws other dropout / drop-path masks and augmentations than the run never i
   ``last_checkpoint`` pointer (atomically too), and only then the checkpoints beyond ``max_keep_ckpts``
   are removed. Every checkpoint holds every process's RNG states (python, numpy, torch, CUDA) in
   ``meta['rng_states']`` (one entry per rank, plain tensors: loads with ``weights_only=True``).
+* :meth:`SafeCheckpointHook.save_preempted` writes the checkpoint of a run stopped by a signal
+  (:mod:`src.mm.preemption`) wherever it stands, inside an epoch too, through the same ordered save:
+  ``preempted.pth`` (:data:`src.mm.checkpoints.PREEMPTED_CHECKPOINT`), removed by the next regular save.
+* :class:`ExactEpochBasedTrainLoop` (configs' EpochBasedTrainLoop is replaced by it) resumes inside an
+  epoch: mmengine restarts the epoch from its first batch; this loop draws the batches already trained from
+  the dataloader without training on them (as mmengine's IterBasedTrainLoop skips its trained iterations),
+  then trains on from the next.
 * On resume the hook puts this process's states back where the run saved them: before the next epoch's
-  data (epoch loops), or once mmengine has skipped the batches already trained (iteration loops).
-  Validation leaves the RNG states as it found them, so the state saved before it is the state training
-  continues from. Sampler order is a function of (seed, epoch) in mmengine, and data workers are seeded
-  from (seed, rank, worker id), so with the run's seed (:mod:`src.mm.config` takes it from the checkpoint)
-  a run killed anywhere and resumed ends bit for bit as the run never interrupted (same process count).
+  data (epoch loops), or once the batches already trained have been drawn again (iteration loops, and
+  epoch loops resumed inside an epoch). Validation leaves the RNG states as it found them, so the state
+  saved before it is the state training continues from. Sampler order is a function of (seed, epoch) in
+  mmengine, and data workers are seeded from (seed, rank, worker id), so with the run's seed
+  (:mod:`src.mm.config` takes it from the checkpoint) a run killed anywhere, or stopped by a signal, and
+  resumed ends bit for bit as the run never interrupted (same process count).
 """
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import os.path as osp
 from collections import deque
 from typing import Iterator, Optional
 
 import torch
+
 from mmengine.dist import all_gather_object, is_main_process, master_only
 from mmengine.hooks import CheckpointHook
-from mmengine.registry import HOOKS
+from mmengine.logging import print_log
+from mmengine.registry import HOOKS, LOOPS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 from mmengine.utils import apply_to
 
 from ..utils.atomic import atomic_write
 from ..utils.rng import rng_state, set_rng_state
+from .checkpoints import PREEMPTED_CHECKPOINT
 
-__all__ = ['SafeCheckpointHook', 'SafeRunner', 'RNG_KEY']
+__all__ = ['ExactEpochBasedTrainLoop', 'SafeCheckpointHook', 'SafeRunner', 'RNG_KEY']
 
 RNG_KEY = 'rng_states'  # in a checkpoint's meta: [rank 0's states, rank 1's, ...]
 
@@ -77,6 +89,41 @@ class _RestoreRngAfter:
             self.loop.dataloader_iterator = self.iterator
         self.left -= 1
         return next(self.iterator)
+
+
+@LOOPS.register_module()
+class ExactEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """mmengine's EpochBasedTrainLoop (same arguments) that resumes inside an epoch where it stopped: the
+    epoch's batches already trained are drawn from the dataloader again without training (their loading and
+    augmentation is the cost), then :attr:`rng_after_replay` (the resumed checkpoint's RNG states, set by
+    :class:`SafeCheckpointHook`) is put back and training goes on from the next batch."""
+
+    rng_after_replay: Optional[dict] = None
+
+    @property
+    def batches_to_replay(self) -> int:
+        """Batches of the current epoch already trained (0 but in the first epoch of a run resumed inside one)."""
+        done = self._iter - self._epoch * len(self.dataloader)
+        return done if 0 < done <= len(self.dataloader) else 0
+
+    def run_epoch(self) -> None:
+        skip = self.batches_to_replay
+        if not skip:
+            return super().run_epoch()
+        self.runner.call_hook('before_train_epoch')
+        self.runner.model.train()
+        print_log(f'Advance dataloader {skip} steps to skip data that has already been trained in epoch '
+                  f'{self._epoch + 1}', logger='current', level=logging.WARNING)
+        batches = iter(self.dataloader)
+        for _ in range(skip):
+            next(batches)
+        if self.rng_after_replay is not None:
+            set_rng_state(self.rng_after_replay)
+            self.rng_after_replay = None
+        for idx, data_batch in enumerate(batches, start=skip):
+            self.run_iter(idx, data_batch)
+        self.runner.call_hook('after_train_epoch')
+        self._epoch += 1
 
 
 @HOOKS.register_module()
@@ -133,12 +180,30 @@ class SafeCheckpointHook(CheckpointHook):
             return
         with atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
             f.write(self.last_ckpt)
-        for old in stale:
-            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+        for path in [self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old)) for old in stale] + \
+                [self.file_backend.join_path(self.out_dir, PREEMPTED_CHECKPOINT)]:  # superseded by this one
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # checkpoints saved by deepspeed are folders
                 self.file_backend.rmtree(path)
+
+    def save_preempted(self, runner) -> str:
+        """Save the run where it stands after a training iteration, inside an epoch too (every rank takes
+        part), as :data:`PREEMPTED_CHECKPOINT`: the file, then ``last_checkpoint``. Returns its path, or the
+        path of the checkpoint this hook saved after this very iteration (nothing more to save)."""
+        if not self.by_epoch and self.last_ckpt == self.file_backend.join_path(
+                self.out_dir, self.filename_tmpl.format(runner.iter + 1)):
+            return self.last_ckpt
+        self._rng_to_save = all_gather_object(self._training_rng())
+        path = self.file_backend.join_path(self.out_dir, PREEMPTED_CHECKPOINT)
+        runner.save_checkpoint(self.out_dir, PREEMPTED_CHECKPOINT, self.file_client_args,
+                               save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+                               meta=dict(epoch=runner.epoch, iter=runner.iter + 1), by_epoch=False,
+                               backend_args=self.backend_args, **self.args)
+        if is_main_process():
+            with atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
+                f.write(path)
+        return path
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         if self.save_best is not None:
@@ -158,7 +223,8 @@ class SafeCheckpointHook(CheckpointHook):
         if not getattr(runner, 'resuming', False):  # load_from (fine-tuning) starts a new sequence
             return
         meta, loop = checkpoint['meta'], runner.train_loop
-        if isinstance(loop, EpochBasedTrainLoop) and meta['iter'] != meta['epoch'] * len(loop.dataloader):
+        if isinstance(loop, EpochBasedTrainLoop) and not isinstance(loop, ExactEpochBasedTrainLoop) \
+                and meta['iter'] != meta['epoch'] * len(loop.dataloader):
             runner.logger.warning(f'the checkpoint was saved inside epoch {meta["epoch"] + 1} (iteration '
                                   f'{meta["iter"]}): mmengine restarts that epoch from its first batch, so the '
                                   f'resumed run differs from the run never interrupted (save at epoch ends)')
@@ -178,6 +244,8 @@ class SafeCheckpointHook(CheckpointHook):
         loop = runner.train_loop
         if isinstance(loop, IterBasedTrainLoop) and loop.iter > 0:  # mmengine skips trained batches next
             loop.dataloader_iterator = _RestoreRngAfter(loop, loop.iter, self._rng_to_restore)
+        elif isinstance(loop, ExactEpochBasedTrainLoop) and loop.batches_to_replay:  # so does this loop
+            loop.rng_after_replay = self._rng_to_restore
         else:
             set_rng_state(self._rng_to_restore)
         self._rng_to_restore = None

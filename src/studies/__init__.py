@@ -5,4 +5,5 @@
     transfer    pretrain on the crops, then RetinaNet / Mask R-CNN / Semantic FPN from it and from scratch
                 (``make transfer``, ``tools/transfer.py``)
     ablation    the ablation rows trained on the digits over several seeds (``make ablation-study``)
+    cam_localization   do the class activation maps fall on the object? (``tools/cam_localization.py``)
 """

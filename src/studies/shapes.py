@@ -19,7 +19,11 @@ classification ImageFolder, train and held-out crops from different scenes::
     ROOT/cls/{train,validation}/{circle,square,triangle}/000000.png
 
 A crop is the square around the object's box, 1.2-1.6 times its size with the centre jittered, kept
-inside the scene (so neighbours and the noisy background show), resized to ``crop_size`` px.
+inside the scene (so neighbours and the noisy background show), resized to ``crop_size`` px. With
+``crop_masks``, each crop's object mask goes beside, outside the ImageFolder (the ground truth of
+``src/studies/cam_localization.py``)::
+
+    ROOT/cls/masks/{train,validation}/{circle,square,triangle}/000000.png    0/255, the crop's size
 
 Every file is written crash-safely (:mod:`src.utils.atomic`); the annotation json of a split is written last,
 so a split with its json present is complete; a crop folder is complete once ``cls/.complete`` exists.
@@ -107,12 +111,13 @@ def _coco_annotation(ann_id: int, image_id: int, kind: int, poly, mask: np.ndarr
 
 def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, int] = (128, 96),
                 seed: int = 0, overwrite: bool = False, radius: Tuple[float, float] = RADIUS,
-                objects: Tuple[int, int] = OBJECTS, crops: Tuple[int, int] = (0, 0), crop_size: int = 64) -> Path:
+                objects: Tuple[int, int] = OBJECTS, crops: Tuple[int, int] = (0, 0), crop_size: int = 64,
+                crop_masks: bool = False) -> Path:
     """Write the dataset under ``root`` (see module docstring); returns ``root`` as a Path.
 
     Deterministic for a given seed; ``size`` is (width, height), each at least 32; ``radius`` and
     ``objects`` as in :func:`make_scene`. ``crops`` = (train, held-out) *scene* counts for the
-    classification crops of :func:`make_crops` (0, 0: none). An existing ``root/coco``, ``root/ade`` or
+    classification crops of :func:`make_crops` (0, 0: none), with their object masks if ``crop_masks``. An existing ``root/coco``, ``root/ade`` or
     ``root/cls`` is an error (stale images would join the new set) unless ``overwrite``, which deletes
     those folders first."""
     width, height = size
@@ -143,7 +148,7 @@ def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, i
         with atomic_write(root / 'coco' / 'annotations' / f'instances_{coco_dir}.json', 'w') as f:
             json.dump(dict(images=images, annotations=annotations, categories=categories), f)
     if any(crops):
-        make_crops(root / 'cls', crops[0], crops[1], size, seed, crop_size, radius, objects)
+        make_crops(root / 'cls', crops[0], crops[1], size, seed, crop_size, radius, objects, crop_masks)
     return root
 
 
@@ -169,11 +174,17 @@ def crop_box(rng: np.random.Generator, poly, width: int, height: int) -> Tuple[i
 
 
 def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128, 96), seed: int = 0,
-               crop_size: int = 64, radius: Tuple[float, float] = RADIUS, objects: Tuple[int, int] = OBJECTS) -> Path:
+               crop_size: int = 64, radius: Tuple[float, float] = RADIUS, objects: Tuple[int, int] = OBJECTS,
+               masks: bool = False) -> Path:
     """Every object of ``num_train`` (``num_val``) new scenes cropped into ``root/train/CLASS/`` (``root/
     validation/CLASS/``) as ``crop_size`` px PNGs; returns ``root``. The scenes come from the random
     streams (seed, 1) and (seed, 2), disjoint from :func:`make_shapes`' own (seed). ``root/.complete`` is
-    written last."""
+    written last.
+
+    With ``masks``, each crop's object mask (its own object only, not the neighbours that show) goes to
+    ``root/masks/SPLIT/CLASS/`` under the crop's file name: (crop_size, crop_size) PNG of 0/255, cut and
+    resized as the crop (bilinear, then > 50%). It draws no random numbers: the crops are byte-identical
+    either way."""
     width, height = size
     if num_train < 1 or num_val < 1:
         raise ValueError(f'need crops of at least one train and one held-out scene; got {num_train} and {num_val}')
@@ -189,9 +200,14 @@ def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128,
         for _ in range(count):
             img, _label, instances = make_scene(rng, width, height, radius, objects)
             scene = Image.fromarray(img)
-            for kind, poly, _mask in instances:
-                crop = scene.crop(crop_box(rng, poly, width, height)).resize((crop_size, crop_size), Image.BICUBIC)
+            for kind, poly, mask in instances:
+                box = crop_box(rng, poly, width, height)
+                crop = scene.crop(box).resize((crop_size, crop_size), Image.BICUBIC)
                 _write_image(root / split / CLASSES[kind] / f'{index:06d}.png', np.asarray(crop), 'PNG')
+                if masks:
+                    cut = Image.fromarray(mask * 255).crop(box).resize((crop_size, crop_size), Image.BILINEAR)
+                    _write_image(root / 'masks' / split / CLASSES[kind] / f'{index:06d}.png',
+                                 np.where(np.asarray(cut) > 127, 255, 0).astype(np.uint8), 'PNG')
                 index += 1
                 per_class[kind] += 1
         missing = [CLASSES[k] for k, n in enumerate(per_class) if n == 0]
@@ -199,5 +215,6 @@ def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128,
             raise ValueError(f'{count} {split} scenes gave no {", ".join(missing)}: generate more scenes')
         counts[split] = per_class
     with atomic_write(root / '.complete', 'w') as f:
-        json.dump(dict(classes=list(CLASSES), counts=counts, size=list(size), crop_size=crop_size, seed=seed), f)
+        json.dump(dict(classes=list(CLASSES), counts=counts, size=list(size), crop_size=crop_size, seed=seed,
+                       masks=masks), f)
     return root

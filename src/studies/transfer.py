@@ -326,14 +326,8 @@ def plot_curves(results: Dict[Tuple[str, str], dict], pre: dict, path: Path, run
 
 def update_readme(readme: Path, block: str) -> bool:
     """Replace the text between the transfer markers of ``readme`` with ``block``; False if it has none."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        return False
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    with atomic_write(readme, 'w') as f:
-        f.write(f'{head}{README_START}\n{block.strip()}\n{README_END}{tail}')
-    return True
+    from ..utils.markdown import replace_block
+    return replace_block(readme, README_START, README_END, block)
 
 
 PICTURE_SCORE_THR = 0.5   # boxes drawn in the README's pictures (the demo scripts' default is 0.3)

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--momentum', type=float, default=0.9)
     g.add_argument('--weight-decay', type=float, default=0.05)
     g.add_argument('--clip-grad', type=float, default=None)
+    g.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
+                   help='optimizer update every N micro-batches of --batch-size (timm\'s name): global batch = '
+                        'processes x batch x N, e.g. the paper\'s 1024 on 2 devices as 2 x 128 x 4')
     g.add_argument('--lr', type=float, default=5e-4)
     g.add_argument('--sched', default='cosine', help='timm scheduler name')
     g.add_argument('--min-lr', type=float, default=1e-5)
@@ -123,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    'CPU that computes it natively (AVX512-BF16, AMX), fp32 with a warning on others')
     g.add_argument('--amp-dtype', default=None, choices=('float16', 'bfloat16'))
     g.add_argument('--device', default=None, help="'cpu', 'cuda' (default: cuda if available)")
+    g.add_argument('--launcher', default=None, choices=('none', 'pytorch', 'slurm'),
+                   help="how the processes were started: 'pytorch' (torchrun, dist_classification.sh), 'slurm' "
+                        "(one srun task per process, slurm_classification.sh) or 'none'; default: torchrun's "
+                        "variables where set, else one process")
     g.add_argument('--seed', type=int, default=42)
     g.add_argument('--output', default='output/train', help='runs go to OUTPUT/EXPERIMENT')
     g.add_argument('--experiment', default='', help='run folder name (default: date-model-size)')

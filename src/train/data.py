@@ -181,11 +181,18 @@ class SeededSamples(Dataset):
 
 class EpochSampler(Sampler):
     """This process's indices for one epoch: a permutation drawn from (seed, epoch) (or 0..n-1 unshuffled),
-    padded to a multiple of ``num_replicas`` when ``pad``, strided by rank, minus the first ``skip``."""
+    padded to a multiple of ``num_replicas`` x ``accum_steps`` when ``pad``, minus the first ``skip``.
+
+    Without gradient accumulation, process ``rank`` takes every ``num_replicas``-th index from ``rank`` on.
+    With ``accum_steps`` = N > 1, each process stands for N of the processes of a run without accumulation:
+    micro-batch m of its update k is batch k of process ``rank * N + m`` of a run with ``num_replicas * N``
+    processes. So an update sees the same images, grouped in the same batches (the same BatchNorm
+    statistics), as one step of that run: 1 process x batch B x N steps trains like N processes x batch B."""
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, num_replicas: int = 1,
-                 pad: bool = True):
+                 pad: bool = True, accum_steps: int = 1, batch_size: int = 1):
         self.n, self.seed, self.shuffle, self.rank, self.num_replicas, self.pad = n, seed, shuffle, rank, num_replicas, pad
+        self.accum_steps, self.batch_size = accum_steps, batch_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -196,9 +203,15 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else:
             order = list(range(self.n))
-        if self.pad and self.n % self.num_replicas:
-            order += order[:self.num_replicas - self.n % self.num_replicas]
-        return order[self.rank::self.num_replicas][self.skip:]
+        ways = self.num_replicas * self.accum_steps
+        if self.pad and self.n % ways:
+            order += (order * ways)[:ways - self.n % ways]
+        if self.accum_steps == 1:
+            return order[self.rank::self.num_replicas][self.skip:]
+        streams = [order[v::ways] for v in range(self.rank * self.accum_steps, (self.rank + 1) * self.accum_steps)]
+        b = self.batch_size
+        mine = [i for k in range(len(streams[0]) // b) for s in streams for i in s[k * b:(k + 1) * b]]
+        return mine[self.skip:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())

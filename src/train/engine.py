@@ -58,58 +58,75 @@ def _all_reduce_sum(values, device) -> torch.Tensor:
     return t
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, pos: Position, steps: int, *, device, autocast,
+def train_one_epoch(model, loader, optimizer, loss_fn, pos: Position, updates: int, *, device, autocast,
                     scheduler, mixup=None, ema=None, scaler=None, clip_grad: Optional[float] = None,
-                    unreadable: UnreadableLog, log_interval: int = 50,
-                    on_step: Optional[Callable[[Position], None]] = None, num_epochs: int = 0) -> float:
-    """Train from ``pos.step`` to the end of epoch ``pos.epoch``; returns the mean training loss of the
-    whole epoch over all processes. ``on_step(pos)`` runs after every optimizer step (recovery saves).
-    Every ``log_interval`` steps one line: position, loss, lr, time per step, images per second (all
-    processes) and the time left in the epoch and (given ``num_epochs``) the run."""
+                    accum_steps: int = 1, unreadable: UnreadableLog, log_interval: int = 50,
+                    on_update: Optional[Callable[[Position], None]] = None,
+                    stop: Optional[Callable[[], bool]] = None, num_epochs: int = 0) -> Optional[float]:
+    """Train from ``pos.step`` (micro-batches done) to the end of epoch ``pos.epoch``: ``updates`` optimizer
+    updates of ``accum_steps`` micro-batches each. Returns the mean training loss of the whole epoch over all
+    processes, or None when ``stop()`` (asked after every update, by every process) said to stop early.
+
+    With accumulation the loss of each micro-batch is divided by ``accum_steps`` and the gradients add up;
+    under DDP only the last micro-batch of an update all-reduces them. The schedule, EMA, gradient clipping,
+    ``on_update(pos)`` (recovery saves) and the log lines count optimizer updates. Every ``log_interval``
+    updates one line: position, loss, lr, time per update, images per second (all processes) and the time
+    left in the epoch and (given ``num_epochs``) the run."""
     model.train()
     tic = time.time()
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    no_sync = getattr(model, 'no_sync', contextlib.nullcontext)
     seen = 0
-    for images, targets, bad in loader:
-        unreadable(bad)
-        if images is not None and mixup is not None and len(images) % 2:
-            images, targets = images[:-1], targets[:-1]  # batch mixup needs pairs
-        if images is not None and len(images):
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            with autocast():
-                loss = loss_fn(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            params = model.parameters()
-            if scaler is not None:
-                scaler(loss, optimizer, clip_grad=clip_grad, parameters=params)
-            else:
-                loss.backward()
-                if clip_grad is not None:
-                    dispatch_clip_grad(params, clip_grad)
-                optimizer.step()
-            pos.loss_sum += loss.item() * len(images)
-            pos.loss_count += len(images)
-            seen += len(images)
+    batches = iter(loader)
+    while pos.step < updates * accum_steps:
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum_steps):
+            last = micro == accum_steps - 1
+            images, targets, bad = next(batches)
+            unreadable(bad)
+            if images is not None and mixup is not None and len(images) % 2:
+                images, targets = images[:-1], targets[:-1]  # batch mixup needs pairs
+            if images is not None and len(images):
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                if mixup is not None:
+                    images, targets = mixup(images, targets)
+                with contextlib.nullcontext() if last else no_sync():  # DDP all-reduces on the last one only
+                    with autocast():
+                        loss = loss_fn(model(images), targets)
+                    share = loss / accum_steps if accum_steps > 1 else loss
+                    if scaler is not None:
+                        scaler(share, optimizer, clip_grad=clip_grad, parameters=model.parameters(),
+                               need_update=last)
+                    else:
+                        share.backward()
+                pos.loss_sum += loss.item() * len(images)
+                pos.loss_count += len(images)
+                seen += len(images)
+            pos.step += 1
+        if scaler is None:
+            if clip_grad is not None:
+                dispatch_clip_grad(model.parameters(), clip_grad)
+            optimizer.step()
         pos.num_updates += 1
-        pos.step += 1
         scheduler.step_update(num_updates=pos.num_updates)
         if ema is not None:
             ema.update(getattr(model, 'module', model), step=pos.num_updates)
-        if log_interval and (pos.step % log_interval == 0 or pos.step == steps):
+        done = pos.step // accum_steps
+        if log_interval and (done % log_interval == 0 or done == updates):
             lr = optimizer.param_groups[0]['lr']
             elapsed = time.time() - tic
-            rate = elapsed / max(1, pos.step % log_interval or log_interval)
-            eta = rate * (steps - pos.step)
-            run_eta = f', run {_hms(eta + rate * steps * (num_epochs - pos.epoch - 1))}' if num_epochs else ''
+            rate = elapsed / max(1, done % log_interval or log_interval)
+            eta = rate * (updates - done)
+            run_eta = f', run {_hms(eta + rate * updates * (num_epochs - pos.epoch - 1))}' if num_epochs else ''
             epochs = f'/{num_epochs}' if num_epochs else ''
-            _log.info(f'epoch {pos.epoch + 1}{epochs} step {pos.step}/{steps} ({100 * pos.step / steps:.0f}%) loss '
+            _log.info(f'epoch {pos.epoch + 1}{epochs} step {done}/{updates} ({100 * done / updates:.0f}%) loss '
                       f'{pos.loss_sum / max(1, pos.loss_count):.4f} lr {lr:.3e} {rate:.3f} s/step '
                       f'{seen * world / max(elapsed, 1e-9):.1f} img/s ETA epoch {_hms(eta)}{run_eta}')
             tic, seen = time.time(), 0
-        if on_step is not None:
-            on_step(pos)
+        if on_update is not None:
+            on_update(pos)
+        if stop is not None and stop():
+            return None
     total, count = _all_reduce_sum([pos.loss_sum, pos.loss_count], device).tolist()
     return total / max(1., count)
 

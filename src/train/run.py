@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..utils.distributed import Processes, setup_process, teardown_process
 from ..utils.errors import UsageError, report
+from ..utils.preemption import EXIT_PREEMPTED, Preemption
 from ..utils.rng import rng_state, set_rng_state
 from . import data as D
 from .config import check_model_name, parse_args
@@ -94,6 +95,8 @@ class Data:
 
 def prepare_data(args) -> Data:
     """Model name, datasets and class count checked: every input check before anything is written."""
+    if args.grad_accum_steps < 1:
+        raise UsageError(f'--grad-accum-steps must be at least 1 (1: no accumulation), got {args.grad_accum_steps}')
     check_model_name(args.model)
     cfg, train_tf, eval_tf = _transforms(args)
     train_set = D.build_dataset(args.dataset, args.data_dir, args.train_split, train_tf, args.download, True)
@@ -176,12 +179,15 @@ class Training:
         self.scaler = NativeScaler(device=device.type) if args.amp and device.type == 'cuda' and \
             (args.amp_dtype or 'float16') == 'float16' else None
         self.autocast = autocast_for(device, args.amp, args.amp_dtype)
+        accum = args.grad_accum_steps
         self.train_sampler = D.EpochSampler(len(data.train_set), seed=args.seed, rank=procs.rank,
-                                            num_replicas=procs.world_size)
-        self.steps = len(self.train_sampler) // args.batch_size
-        if self.steps == 0:
-            raise UsageError(f'{len(data.train_set)} training images give no full batch of {args.batch_size} '
-                             f'per process: lower --batch-size')
+                                            num_replicas=procs.world_size, accum_steps=accum,
+                                            batch_size=args.batch_size)
+        self.updates = len(self.train_sampler) // args.batch_size // accum  # optimizer updates per epoch
+        if self.updates == 0:
+            raise UsageError(f'{len(data.train_set)} training images give no full update of {procs.world_size} '
+                             f'process(es) x batch {args.batch_size} x {accum} accumulation step(s): lower '
+                             f'--batch-size or --grad-accum-steps')
         self.scheduler, self.num_epochs = self._scheduler()
         self.mixup, self.loss_fn = self._mixup_and_loss()
         self.pos, self.history, self.best = Position(), [], None
@@ -203,7 +209,7 @@ class Training:
         return create_scheduler_v2(
             self.optimizer, sched=a.sched, num_epochs=a.epochs, decay_epochs=a.decay_epochs, decay_rate=a.decay_rate,
             min_lr=a.min_lr, warmup_lr=a.warmup_lr, warmup_epochs=a.warmup_epochs, cooldown_epochs=a.cooldown_epochs,
-            updates_per_epoch=self.steps)
+            updates_per_epoch=self.updates)
 
     def _mixup_and_loss(self):
         from timm.data import Mixup
@@ -230,6 +236,9 @@ class Training:
         if self.scaler is not None and resume.get('scaler') is not None:
             self.scaler.load_state_dict(resume['scaler'])
         self.pos = Position(**resume['position'])
+        losses = resume.get('losses')  # every process's running loss of the epoch (position holds the first's)
+        if losses is not None and len(losses) == self.procs.world_size:
+            self.pos.loss_sum, self.pos.loss_count = losses[self.procs.rank]
         self.history, self.best = list(resume['history']), resume.get('best')
 
     def restore_rng(self, resume: dict) -> None:
@@ -240,39 +249,61 @@ class Training:
         set_rng_state(rngs[self.procs.rank] if self.procs.rank < len(rngs) else rngs[0])
 
     def snapshot(self) -> dict:
-        """The checkpoint of the run as it is now (every process takes part: the RNG states are gathered)."""
-        rngs = [rng_state()]
+        """The checkpoint of the run as it is now (every process takes part: the RNG states and the running
+        losses of the epoch are gathered)."""
+        mine = (rng_state(), [self.pos.loss_sum, self.pos.loss_count])
+        every = [mine]
         if self.procs.world_size > 1:
-            rngs = [None] * self.procs.world_size
-            dist.all_gather_object(rngs, rng_state())
+            every = [None] * self.procs.world_size
+            dist.all_gather_object(every, mine)
+        rngs, losses = [e[0] for e in every], [e[1] for e in every]
         return dict(format=FORMAT, arch=self.args.model, num_classes=self.data.num_classes,
                     classes=self.data.class_names, state_dict=state_dict_of(self.model),
                     state_dict_ema=state_dict_of(self.ema.module) if self.ema is not None else None,
                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                     scaler=self.scaler.state_dict() if self.scaler is not None else None,
-                    position=self.pos.state_dict(), rng=rngs, world_size=self.procs.world_size,
+                    position=self.pos.state_dict(), rng=rngs, losses=losses, world_size=self.procs.world_size,
                     history=self.history, best=self.best, args=dict(vars(self.args)))
 
-    def _on_step(self, pos: Position) -> None:
-        """After each step: the recovery checkpoint every ``--checkpoint-interval`` steps inside an epoch."""
-        interval = self.args.checkpoint_interval
-        if interval and pos.step % interval == 0 and pos.step < self.steps:
-            state = self.snapshot()
-            if self.procs.is_main:
-                self.files.save_recovery(state)
+    def _on_update(self, pos: Position) -> None:
+        """After each optimizer update: the recovery checkpoint every ``--checkpoint-interval`` updates inside
+        an epoch."""
+        interval, done = self.args.checkpoint_interval, pos.step // self.args.grad_accum_steps
+        if interval and done % interval == 0 and done < self.updates:
+            self.save_recovery()
+
+    def save_recovery(self) -> None:
+        state = self.snapshot()
+        if self.procs.is_main:
+            self.files.save_recovery(state)
+
+    def stop_preempted(self, preemption: Preemption) -> int:
+        """The run got SIGTERM / SIGUSR1 (see :mod:`src.utils.preemption`): save where it is, say how to go on,
+        tell the launcher, and return :data:`EXIT_PREEMPTED` once every process is done."""
+        self.save_recovery()
+        done = self.pos.step // self.args.grad_accum_steps
+        _log.warning(f'stopped by {preemption.signal_name} at epoch {self.pos.epoch + 1} step {done}/{self.updates}: '
+                     f'saved {self.run_dir / "recovery.pth.tar"}; run the same command with --resume auto to go on '
+                     f'(exit code {EXIT_PREEMPTED})')
+        if self.procs.is_main:
+            Preemption.mark_preempted()
+        if self.procs.world_size > 1:
+            dist.barrier()  # no process leaves (and gets killed by its launcher) before the file is written
+        return EXIT_PREEMPTED
 
     # ---- epochs -----------------------------------------------------------------------------------
-    def train_epoch(self, model, seeded_train, epoch: int) -> float:
-        """One epoch from where the position says it is; returns its mean training loss."""
+    def train_epoch(self, model, seeded_train, epoch: int, stop) -> Optional[float]:
+        """One epoch from where the position says it is; returns its mean training loss (None: ``stop()``)."""
         batch = self.args.batch_size
         seeded_train.epoch = epoch
         self.train_sampler.set_epoch(epoch, skip=self.pos.step * batch)
-        loader = D.build_loader(seeded_train, self.train_sampler, batch, self.args.workers, True, self.args.seed + epoch)
+        loader = D.build_loader(seeded_train, self.train_sampler, batch, self.args.workers, True,
+                                self.args.seed + epoch)
         return train_one_epoch(
-            model, loader, self.optimizer, self.loss_fn, self.pos, self.steps, device=self.device,
+            model, loader, self.optimizer, self.loss_fn, self.pos, self.updates, device=self.device,
             autocast=self.autocast, scheduler=self.scheduler, mixup=self.mixup, ema=self.ema, scaler=self.scaler,
-            clip_grad=self.args.clip_grad, unreadable=self.unreadable, log_interval=self.args.log_interval,
-            on_step=self._on_step, num_epochs=self.num_epochs)
+            clip_grad=self.args.clip_grad, accum_steps=self.args.grad_accum_steps, unreadable=self.unreadable,
+            log_interval=self.args.log_interval, on_update=self._on_update, stop=stop, num_epochs=self.num_epochs)
 
     def end_epoch(self, epoch: int, train_loss: float, val_loader) -> None:
         """Evaluate (and the EMA), add the summary row, step the scheduler, save the epoch's checkpoint."""
@@ -283,7 +314,8 @@ class Training:
                    top1=round(metrics['top1'], 4), top5=round(metrics['top5'], 4), lr=lr)
         if self.ema is not None:
             m = evaluate(self.ema.module, val_loader, **kw)
-            row.update(ema_eval_loss=round(m['eval_loss'], 6), ema_top1=round(m['top1'], 4), ema_top5=round(m['top5'], 4))
+            row.update(ema_eval_loss=round(m['eval_loss'], 6), ema_top1=round(m['top1'], 4),
+                       ema_top5=round(m['top5'], 4))
         self.history.append(row)
         is_best = self.best is None or row['top1'] > self.best['top1']
         if is_best:
@@ -305,8 +337,14 @@ class Training:
         d = self.data
         _log.info(f'{self.args.model}: {n_params / 1e6:.2f}M params, {d.num_classes} classes, input '
                   f'{d.data_cfg["input_size"]}; {len(d.train_set)} train / {len(d.val_set)} val images; '
-                  f'{self.procs.world_size} process(es) on {self.device}, {self.steps} steps/epoch, '
-                  f'{self.num_epochs} epochs; outputs in {self.run_dir}')
+                  f'{self.procs.world_size} process(es) on {self.device}; global batch {self.global_batch} = '
+                  f'{self.procs.world_size} process(es) x batch {self.args.batch_size} x {self.args.grad_accum_steps} '
+                  f'accumulation step(s), {self.updates} steps/epoch, {self.num_epochs} epochs; outputs in '
+                  f'{self.run_dir}')
+
+    @property
+    def global_batch(self) -> int:
+        return self.procs.world_size * self.args.batch_size * self.args.grad_accum_steps
 
     def run(self, resume: Optional[dict]) -> int:
         """Restore ``resume`` if given, then train the epochs left; the run's last log line says where
@@ -330,9 +368,14 @@ class Training:
         seeded_train = D.SeededSamples(self.data.train_set, a.seed)
         if resume is not None:  # last: everything built above may have drawn random numbers
             self.restore_rng(resume)
-        for epoch in range(self.pos.epoch, self.num_epochs):
-            train_loss = self.train_epoch(model, seeded_train, epoch)
-            self.end_epoch(epoch, train_loss, val_loader)
+        with Preemption(device=self.device) as preemption:
+            for epoch in range(self.pos.epoch, self.num_epochs):
+                train_loss = self.train_epoch(model, seeded_train, epoch, preemption.requested)
+                if train_loss is None:
+                    return self.stop_preempted(preemption)
+                self.end_epoch(epoch, train_loss, val_loader)
+                if epoch + 1 < self.num_epochs and preemption.requested():  # a signal during evaluation
+                    return self.stop_preempted(preemption)
         if self.procs.is_main and self.history:
             last = self.history[-1]
             _log.info(f"done: top-1 {last['top1']:.3f} on the {len(self.data.val_set)} held-out images (best "
@@ -374,7 +417,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args, _ = parse_args(argv)
         use_cuda = torch.cuda.is_available() if args.device is None else args.device.startswith('cuda')
-        device, procs = setup_process((args.device or 'cuda') if use_cuda else 'cpu')
+        device, procs = setup_process((args.device or 'cuda') if use_cuda else 'cpu', launcher=args.launcher)
         try:
             return (_evaluate_only if args.evaluate else train)(args, device, procs)
         finally:

@@ -1,9 +1,12 @@
-"""Markdown rendering for the tools' tables (README model zoo, complexity report)."""
+"""Markdown for the tools: tables (README model zoo, complexity report) and generated blocks in pages."""
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Sequence, Union
 
-__all__ = ['table']
+from .atomic import atomic_write
+
+__all__ = ['table', 'replace_block']
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence], align: str = '') -> str:
@@ -17,3 +20,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], align: str = '') -> 
              '|' + '|'.join(rule[a] for a in align) + '|']
     lines += ['| ' + ' | '.join(str(c).replace('|', '\\|') for c in r) + ' |' for r in rows]
     return '\n'.join(lines)
+
+
+def replace_block(page: Union[str, Path], start: str, end: str, block: str) -> bool:
+    """Replace the text between the markers ``start`` and ``end`` of the Markdown file ``page`` with
+    ``block`` (crash-safe); False, and nothing written, if the page lacks either marker."""
+    text = Path(page).read_text()
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with atomic_write(page, 'w') as f:
+        f.write(f'{head}{start}\n{block.strip()}\n{end}{tail}')
+    return True

@@ -1,0 +1,92 @@
+"""Preemption (issue 23): SIGTERM or SIGUSR1 makes a run finish its step, agree across processes, save one
+checkpoint and exit with code 75; the same command with --resume auto ends bit for bit as the run never
+interrupted."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+
+from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run
+from src.utils.preemption import EXIT_PREEMPTED
+
+STEPS = 3  # 3 classes x 8 images / 2 processes / batch 4
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _args(data, out, experiment, epochs=3):
+    return [data, *TINY_MODEL, '--epochs', epochs, '-b', 4, '-j', 0, '--output', out, '--experiment', experiment,
+            '--lr', 1e-3, '--warmup-epochs', 1, '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', 0.25, '--mixup', 0.8,
+            '--cutmix', 1.0, '--drop-path', 0.1, '--model-ema', '--model-ema-decay', 0.9, '--seed', 5,
+            '--log-interval', 1]
+
+
+def _updates_done(text):
+    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+)/\d+ step (\d+)/', text)] or [0])
+
+
+def _weights(path):
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
+
+
+def _launch(args, env):
+    return subprocess.Popen([str(ROOT / 'dist_classification.sh'), '2', *map(str, args)], cwd=ROOT,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1', **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_run_saves_within_a_step_and_resumes_bitwise(tmp_path):
+    data = make_image_folder(tmp_path / 'data')
+    out = tmp_path / 'out'
+    ref = run(['2', *_args(data, out, 'ref')], env=dict(MASTER_PORT=str(_free_port())), script='dist_classification.sh')
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    log = out / 'cut' / 'train.log'
+    proc = _launch(_args(data, out, 'cut'), dict(MASTER_PORT=str(_free_port())))
+    while proc.poll() is None and not (log.is_file() and _updates_done(log.read_text()) >= STEPS + 1):
+        time.sleep(0.005)
+    seen = _updates_done(log.read_text())
+    os.killpg(proc.pid, signal.SIGTERM)  # as Slurm, a spot reclaim or `kill -TERM -PGID` do: every process
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    saved = torch.load(out / 'cut' / 'recovery.pth.tar', map_location='cpu', weights_only=True)['position']
+    done = saved['epoch'] * STEPS + saved['step']
+    assert seen <= done <= seen + 2  # the update under way when the signal came, at most one more
+    text = log.read_text()
+    assert re.search(r'stopped by SIGTERM at epoch \d step \d/3: saved .*recovery.pth.tar; run the same command '
+                     r'with --resume auto to go on \(exit code 75\)', text), text[-2000:]
+
+    again = run(['2', *_args(data, out, 'cut'), '--resume', 'auto'], env=dict(MASTER_PORT=str(_free_port())),
+                script='dist_classification.sh')
+    assert again.returncode == 0, again.stderr[-3000:]
+    ref_w, cut_w = _weights(out / 'ref' / 'last.pth.tar'), _weights(out / 'cut' / 'last.pth.tar')
+    for k in ref_w:
+        assert torch.equal(ref_w[k], cut_w[k]), k
+    assert (out / 'cut' / 'summary.csv').read_text() == (out / 'ref' / 'summary.csv').read_text()
+
+
+def test_sigusr1_to_one_process_stops_it_with_its_checkpoint(tmp_path):
+    data = make_image_folder(tmp_path / 'data')
+    out = tmp_path / 'out'
+    log = out / 'one' / 'train.log'
+    proc = subprocess.Popen([PY, str(ROOT / 'classification.py'), *map(str, _args(data, out, 'one', epochs=50))],
+                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (log.is_file() and 'step 2/' in log.read_text()):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR1)  # Slurm's --signal=USR1@T warning before the time limit
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert 'stopped by SIGUSR1' in log.read_text()
+    assert (out / 'one' / 'recovery.pth.tar').is_file()

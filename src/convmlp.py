@@ -220,11 +220,16 @@ def channel_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
     Eager on CPU this runs as a 1x1 convolution over the NCHW view (same weights, viewed (C', C, 1, 1); no
     copy): oneDNN's convolution kernels do these matrix products 10-30% faster than the BLAS matmul behind
-    ``F.linear`` (fp32, ConvMLP-S's stages 0 and 1, forward and backward). Elsewhere, and under
-    ``torch.compile`` (whose frozen inference graphs pack linears into oneDNN's own), it is ``F.linear``.
-    A leaf for ``torch.fx`` (wrapped below): the choice is made on the real input when the graph runs."""
+    ``F.linear`` (fp32, ConvMLP-S's stages 0 and 1, forward and backward). Elsewhere, under
+    ``torch.compile`` (whose frozen inference graphs pack linears into oneDNN's own) and in ONNX export (a
+    MatMul, not Transpose-Conv-Transpose: ONNX Runtime runs it faster and quantizes it as one product), it
+    is ``F.linear``. A leaf for ``torch.fx`` (wrapped below): the choice is made on the real input when the
+    graph runs."""
     if x.device.type != 'cpu' or x.dim() != 4 or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
+    if not torch.jit.is_scripting():  # (TorchScript cannot compile the ONNX query: a branch it skips)
+        if torch.onnx.is_in_onnx_export():
+            return F.linear(x, weight, bias)
     return nhwc_view(F.conv2d(nchw_view(x), weight.view(weight.shape[0], weight.shape[1], 1, 1), bias))
 
 

@@ -1,6 +1,7 @@
 """The command-line options that choose a ConvMLP and its weights, shared by the tools, and the model they
 build: :func:`build_model` for any variant, :func:`load_classifier` for a classifier with its class names
-and its data config (``tools/predict.py`` and the tools that explain or deploy a trained classifier).
+and its data config (``tools/predict.py`` and the tools that explain or deploy a trained classifier), and
+:func:`preprocess`, the images as that data config says (timm's evaluation transform).
 
 Weights come from the release (default), ``--checkpoint`` (a local file, a URL or a zoo name: a
 ``classification.py`` run's checkpoint, a release file, a ``.safetensors`` file) or ``--random``. Anything
@@ -11,15 +12,18 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
+import torch
 from torch import nn
 
 from .convmlp import ABLATION_MODELS, ARCHS
 from .utils.errors import fail
 from .weights import CheckpointError, load_checkpoint_file, load_pretrained, unwrap_state_dict
 
-__all__ = ['parse_size', 'add_model_args', 'build_model', 'Classifier', 'load_classifier', 'class_names']
+__all__ = ['parse_size', 'add_model_args', 'build_model', 'Classifier', 'load_classifier', 'class_names',
+           'preprocess']
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -159,3 +163,13 @@ def class_names(checkpoint_state: Optional[dict], num_classes: int, source: str)
         info = ImageNetInfo()
         return [info.index_to_description(i) for i in range(1000)], 'ImageNet-1k (timm.data.ImageNetInfo)'
     return [f'class {i}' for i in range(num_classes)], 'no names known: indices'
+
+
+def preprocess(images: Sequence[np.ndarray], data_cfg: dict) -> torch.Tensor:
+    """RGB uint8 images (H, W, 3), any sizes, as the model's input (N, 3, height, width), float32: timm's
+    evaluation transform of ``data_cfg`` (resize, centre crop by ``crop_pct``, interpolation, mean/std)."""
+    from PIL import Image
+    from timm.data import create_transform
+    transform = create_transform(**{k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std',
+                                                               'crop_pct')})
+    return torch.stack([transform(Image.fromarray(image)) for image in images])

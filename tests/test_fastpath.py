@@ -270,28 +270,39 @@ def test_product_timer_times_every_product_of_a_training_step_and_changes_nothin
 def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
            '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '2',
-           '--sweep-res', '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--out', str(tmp_path)]
+           '--sweep-res', '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--int8-keep-fp32', 'first_conv',
+           '--out', str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     labels = [r['label'] for r in report['rows']]
     assert labels == ['baseline (release)', 'baseline (release) + keep malloc', 'fp32 eager fused system malloc',
-                      'fp32 eager fused', 'fp32 onnxruntime fused', 'fp32 fused matrix products alone (floor)']
+                      'fp32 eager fused', 'fp32 onnxruntime fused', 'int8 onnxruntime fused (first_conv in fp32)',
+                      'fp32 fused matrix products alone (floor)']
     assert report['rows'][0]['x_baseline'] == 1.0
-    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True, True, True]
-    *steps, onnx, floor = report['rows']
+    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True, True, True, True]
+    *steps, onnx, int8, floor = report['rows']
     assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['tensor_mib'] > 0 and r['rss_mib'] == r['rss_mib']
                for r in steps)
+    assert all(r['loadavg'] >= 0 for r in report['rows'])
     assert onnx['images_per_s'] > 0 and onnx['onnx_max_abs_diff'] < 1e-4 and onnx['onnx_top1_agreement'] == 1.0
+    assert int8['images_per_s'] > 0 and int8['int8_nodes'] == 52 and len(int8['fp32_nodes']) == 1  # 19 convs, 32 MLP linears, head
+    [speedup] = report['int8_speedups']
+    faster = max((r for r in report['rows'] if r['label'] in ('fp32 eager fused', 'fp32 onnxruntime fused')),
+                 key=lambda r: r['images_per_s'])
+    assert speedup['fp32_label'] == faster['label'] and speedup['speedup'] == int8['images_per_s'] / faster['images_per_s']
     assert report['cpu_isa'] == precision.cpu_isa() and report['emulated_dtypes'] == []  # fp32 only
+    assert report['cpu_int8'] == precision.cpu_int8()
     assert floor['images_per_s'] > 0 and floor['gflops'] > 0
     assert floor['products_per_step'] == 52 + 1  # S: 20 convs, 32 channel-MLP linears (1x1 convs), head
     assert report['matmul_peak_gflops']['fp32'] > 0
     table = (tmp_path / 'benchmark.md').read_text()
     assert '| convmlp_s | infer | fp32 eager fused | 1 | 32 |' in table
     assert '| convmlp_s | infer | fp32 fused matrix products alone (floor) | 1 | 32 |' in table
-    assert table.startswith(f'CPU: {precision.cpu_isa()}.')
+    assert table.startswith(f'CPU: {precision.cpu_isa()}; {precision.cpu_int8()}.')
     assert 'fp32 onnxruntime fused (ONNX Runtime 1.' in table and 'top-1 agreement 100.0%' in table
+    assert f"int8 onnxruntime fused (first_conv in fp32), batch 1 at 32 px: {int8['images_per_s']:.2f} img/s, " \
+           f"{speedup['speedup']:.2f}x the faster fp32 path ({faster['label']}" in table
 
 
 def test_benchmark_tool_rejects_bad_flags():

@@ -12,9 +12,12 @@ measured matmul peak in the row's dtype. On CPU two more rows per step separate 
 The "matrix products alone (floor)" rows count only the time the fast path's step spends in convolutions
 and matrix multiplies: their ratio to the baseline is the most that faster elementwise work could reach.
 The "onnxruntime" row runs the exported ONNX model (src/deploy/export.py) under ONNX Runtime on the same batch, with
-its parity to the eager model (max abs difference of the logits, top-1 agreement) below the table.
-The output starts with the CPU's instruction set; rows in a dtype the CPU only emulates (bf16 without
-AVX512-BF16 / AMX) are marked "emulated".
+its parity to the eager model (max abs difference of the logits, top-1 agreement) below the table; the "int8
+onnxruntime" rows run it quantized as tools/quantize.py does (one row per --int8-keep-fp32 group), and below the
+table each one's speed-up over the faster fp32 inference path of the run (eager fused or ONNX Runtime).
+The output starts with the CPU's instruction set and its int8 instructions (VNNI, AMX); rows in a dtype the CPU
+only emulates (bf16 without AVX512-BF16 / AMX) are marked "emulated". Every row gives the load average when it
+was timed: on a shared machine compare rows of one run only.
 Writes OUT/benchmark.{md,json,png}: the table, everything measured, and the plot of throughput and memory
 against resolution and batch size.
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from src.deploy.quantize import KEEP_FP32_ORDER  # noqa: E402
 from src.perf import benchmark as bench  # noqa: E402
 from src.utils import precision  # noqa: E402
 
@@ -47,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='CPU: rows that swap the malloc setting of the baseline and of the fp32 fast path')
     p.add_argument('--onnx-rows', action=argparse.BooleanOptionalAction, default=True,
                    help='CPU: a row with the exported ONNX model under ONNX Runtime, and its parity with eager')
+    p.add_argument('--int8-keep-fp32', nargs='*', default=['first_conv', 'tokenizer'], choices=KEEP_FP32_ORDER,
+                   metavar='GROUP', help='CPU, with the onnx rows: an int8 ONNX Runtime row per group of convolutions '
+                   f'left in fp32 ({", ".join(KEEP_FP32_ORDER)}; default first_conv tokenizer; none given: no int8 row)')
     p.add_argument('--floor-rows', action=argparse.BooleanOptionalAction, default=True,
                    help="rows with the time of the fast path's matrix products alone (timed inside its step): "
                         'the most any change to the non-product work could give')
@@ -96,8 +103,9 @@ def run_all(configs, args):
                 best[cfg] = r
             what = r['error'] if 'error' in r else f"{r['images_per_s']:.2f} img/s" + (
                 f", {r['tensor_mib']:.0f} MiB tensors" if r['tensor_mib'] == r['tensor_mib'] else '')
+            load = f", load {r['loadavg']:.1f}" if 'loadavg' in r else ''
             log(f'[round {rnd}, {i}/{len(configs)}] {cfg.model} {cfg.mode} {cfg.label} b{cfg.batch} '
-                f'{cfg.res}px: {what} ({time.time() - t:.0f}s)')
+                f'{cfg.res}px: {what} ({time.time() - t:.0f}s{load})')
     return [best[cfg] for cfg in configs]
 
 
@@ -110,7 +118,7 @@ def main(argv=None) -> int:
 
     def measure_peaks():
         return {d: bench.matmul_peak_gflops(d, args.threads, device=args.device) for d in peak_dtypes}
-    cpu = precision.cpu_isa()
+    cpu = f'{precision.cpu_isa()}; {precision.cpu_int8()}'
     emulated = [d for d in args.dtypes if args.device == 'cpu' and not precision.cpu_native(bench.DTYPES[d])]
     log(f'CPU: {cpu}' + (f"; {', '.join(emulated)} emulated here (slow)" if emulated else ''))
     peaks = measure_peaks()
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
 
     configs = bench.matrix(models, args.modes, args.dtypes, BOTH[args.compile], BOTH[args.fuse],
                            args.batch, args.res, args.device, args.malloc_rows and args.device == 'cpu',
-                           args.floor_rows, args.onnx_rows)
+                           args.floor_rows, args.onnx_rows, args.int8_keep_fp32)
     if args.ckpt_batch and 'train' in args.modes:
         configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
     main_rows = run_all(configs, args)
@@ -143,11 +151,12 @@ def main(argv=None) -> int:
 
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
                             cwd=bench.ROOT).stdout.strip()
+    speedups = bench.int8_speedups(main_rows)
     report = dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  commit=commit, cpu_isa=cpu, emulated_dtypes=emulated, loadavg_at_start=load,
-                  loadavg_at_end=Path('/proc/loadavg').read_text().split()[:3] if load else [],
+                  commit=commit, cpu_isa=precision.cpu_isa(), cpu_int8=precision.cpu_int8(), emulated_dtypes=emulated,
+                  loadavg_at_start=load, loadavg_at_end=Path('/proc/loadavg').read_text().split()[:3] if load else [],
                   matmul_peak_gflops=peaks, rows=main_rows, sweep=sweep_rows, linearity=lin,
-                  bf16_top1_agreement=agreement)
+                  bf16_top1_agreement=agreement, int8_speedups=speedups)
     (args.out / 'benchmark.json').write_text(json.dumps(report, indent=1))
 
     lines = [f'CPU: {cpu}. Machine load (1/5/15 min) at start {" ".join(load)}, at end '
@@ -157,7 +166,14 @@ def main(argv=None) -> int:
     lines += [f"{r['config']['model']} {r['label']} (ONNX Runtime {r['onnxruntime']}) against the eager fp32 model on "
               f"the same batch ({r['config']['batch']} at {r['config']['res']} px): max abs diff of logits "
               f"{r['onnx_max_abs_diff']:.2e}, top-1 agreement {100 * r['onnx_top1_agreement']:.1f}%"
-              for r in main_rows if r['config']['path'] == 'onnx' and 'error' not in r]
+              for r in main_rows if r['config']['path'] == 'onnx' and r['config']['dtype'] == 'fp32' and 'error' not in r]
+    lines += [f"{u['model']} {u['label']}, batch {u['batch']} at {u['res']} px: {u['images_per_s']:.2f} img/s, "
+              f"{u['speedup']:.2f}x the faster fp32 path ({u['fp32_label']}, {u['fp32_images_per_s']:.2f} img/s; "
+              f"load {u['loadavg'][0]:.1f} and {u['loadavg'][1]:.1f}); per CPU-second {u['cpu_speedup']:.2f}x "
+              f"({u['cpu_fp32_label']}); {precision.cpu_int8()}" for u in speedups]
+    if speedups:
+        lines.append('(int8 rows: random weights calibrated on the timed batch: their speed is real, their parity '
+                     'with fp32 is not an accuracy: tools/quantize.py measures that on held-out images)')
     if sweep_rows:
         lines += ['', f'Sweeps ({models[0]}; resolution at batch {args.sweep_res_batch}, batch at 224 px):', '',
                   bench.markdown_table(sweep_rows, emulated), '',

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src.model_options import add_model_args, load_classifier  # noqa: E402
+from src.model_options import add_model_args, load_classifier, preprocess  # noqa: E402
 from src.utils.errors import UsageError, fail  # noqa: E402
 from src.utils.images import read_images  # noqa: E402
 
@@ -27,12 +27,8 @@ from src.utils.images import read_images  # noqa: E402
 def top5(model, images: Sequence[np.ndarray], data_cfg: dict) -> List[List[Tuple[int, float]]]:
     """Top-5 (class index, probability) of each RGB image, preprocessed as timm's eval transform of
     ``data_cfg`` (input size, crop_pct, interpolation, mean/std)."""
-    from PIL import Image
-    from timm.data import create_transform
-    tf = create_transform(**{k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
-    batch = torch.stack([tf(Image.fromarray(img)) for img in images])
     with torch.no_grad():
-        prob = model(batch).softmax(-1)
+        prob = model(preprocess(images, data_cfg)).softmax(-1)
     values, indices = prob.topk(min(5, prob.shape[1]), dim=1)
     return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
 

@@ -8,22 +8,23 @@
   serialised module and runs it.
 
 With its classifier head the model is exported as it is and returns logits (B, num_classes); built with
-``classifier_head=False``, its :meth:`~src.convmlp.ConvMLP.forward_dense` is exported: the four feature
-maps (strides 4, 8, 16, 32). Fuse BatchNorm first
-(``model.fuse()``) for an inference-only graph with fewer ops.
+``classifier_head=False`` (or with ``dense=True``), its :meth:`~src.convmlp.ConvMLP.forward_dense` is exported:
+the four feature maps (strides 4, 8, 16, 32). Fuse BatchNorm first (``model.fuse()``) for an inference-only
+graph with fewer ops. The channel MLPs are exported as MatMul (``channel_linear`` in ``src/convmlp.py``).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import warnings
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['output_names', 'onnx_bytes', 'onnx_max_diff', 'torchscript_bytes', 'torchscript_max_diff']
+__all__ = ['output_names', 'onnx_bytes', 'onnx_session', 'onnx_max_diff', 'torchscript_bytes',
+           'torchscript_max_diff']
 
 OPSET = 17
 INPUT_NAME = 'image'
@@ -41,14 +42,20 @@ class DenseMaps(nn.Module):
         return self.model.forward_dense(x)
 
 
-def _exported(model: nn.Module) -> nn.Module:
-    """What the exporters trace: the model itself, or :class:`DenseMaps` of a headless one."""
-    return model if getattr(model, 'classifier_head', True) else DenseMaps(model)
+def _is_dense(model: nn.Module, dense: Optional[bool]) -> bool:
+    """``dense`` if given, else whether ``model`` was built without its classifier head."""
+    return not getattr(model, 'classifier_head', True) if dense is None else dense
 
 
-def output_names(model: nn.Module) -> List[str]:
-    """``['logits']`` for a classifier; ``['feature_s4', 'feature_s8', ...]`` for a dense backbone."""
-    if getattr(model, 'classifier_head', True):
+def _exported(model: nn.Module, dense: Optional[bool] = None) -> nn.Module:
+    """What the exporters trace: the model itself, or :class:`DenseMaps` of it (headless, or ``dense``)."""
+    return DenseMaps(model) if _is_dense(model, dense) else model
+
+
+def output_names(model: nn.Module, dense: Optional[bool] = None) -> List[str]:
+    """``['logits']`` for a classifier; ``['feature_s4', 'feature_s8', ...]`` for a dense backbone (or a
+    classifier with ``dense=True``)."""
+    if not _is_dense(model, dense):
         return ['logits']
     return [f'feature_s{info["reduction"]}' for info in model.feature_info]
 
@@ -73,27 +80,38 @@ def _max_diff(a: Sequence, b: Sequence) -> float:
 
 
 @torch.no_grad()
-def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET) -> bytes:
+def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET, dense: Optional[bool] = None) -> bytes:
     """The serialised ONNX model of ``model`` (eval mode), traced on ``example`` (B, 3, H, W); batch,
-    height and width are dynamic."""
-    names = output_names(model)
+    height and width are dynamic. Its outputs: :func:`output_names` (``dense``: the four maps of
+    ``forward_dense`` even of a classifier)."""
+    names = output_names(model, dense)
     dynamic = {INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'}}
     dynamic.update({n: {0: 'batch'} if n == 'logits' else {0: 'batch', 2: f'{n}_height', 3: f'{n}_width'}
                     for n in names})
     buf = io.BytesIO()
     with _quiet_tracing():
-        torch.onnx.export(_exported(model).eval(), (example,), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(_exported(model, dense).eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic,
                           do_constant_folding=True)
     return buf.getvalue()
+
+
+def onnx_session(onnx_model: Union[bytes, str], threads: Optional[int] = None):
+    """An ONNX Runtime session on the CPU for a serialised model (or a file): ``threads`` intra-op threads
+    (None: ONNX Runtime's default, one per core), one inter-op thread, every graph optimization."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_model, options, providers=['CPUExecutionProvider'])
 
 
 @torch.no_grad()
 def onnx_max_diff(onnx_model: bytes, model: nn.Module, inputs: Sequence[torch.Tensor]) -> Dict[Tuple, float]:
     """Max abs difference between onnxruntime (CPU) and the eager ``model`` over all outputs, per input
     shape."""
-    import onnxruntime as ort
-    session = ort.InferenceSession(onnx_model, providers=['CPUExecutionProvider'])
+    session = onnx_session(onnx_model)
     model.eval()
     return {tuple(x.shape): _max_diff(session.run(None, {INPUT_NAME: x.numpy()}),
                                       [t.numpy() for t in _as_list(_exported(model)(x))]) for x in inputs}

@@ -16,10 +16,18 @@ Paths:
   * ``floor``: the eager fast path's step with each matrix product (convolution forward and backward, mm)
     timed as it runs (:class:`ProductTimer`); the row reports their sum only: how fast the step would go on
     this machine if everything that is not a matrix product took no time.
-  * ``onnx`` (CPU inference, fp32): the model exported to ONNX by :func:`src.deploy.export.onnx_bytes` (BatchNorm
+  * ``onnx`` (CPU inference): the model exported to ONNX by :func:`src.deploy.export.onnx_bytes` (BatchNorm
     folded first with ``fused``), run by ONNX Runtime's CPU provider on the same batch; the row also holds its
     parity with the eager fp32 model on that batch (max abs difference of the logits, top-1 agreement).
+    ``int8``: the export quantized as ``tools/quantize.py`` does (:mod:`src.deploy.quantize`, the convolutions
+    of ``keep_fp32`` left in fp32), calibrated on the timed batch itself: random weights and inputs, so its
+    parity says nothing about accuracy (``tools/quantize.py`` measures that on real data); the speed is real.
   ``malloc`` can be set either way on the first two paths, to show what the allocator alone contributes.
+
+Every row also records the machine's load average (1 min) when its timing ends: on a shared machine, read
+ratios only between rows of one run, and with their load. And ``cpu_images_per_s``: images per second of this
+process's CPU time (all its threads; best step): with one thread, what the step costs whatever else runs on
+the machine (with more, idle threads spinning count too).
 
 Peak memory, two measures of what a step adds on top of weights, inputs and optimizer state:
   * ``tensor_mib``: the most bytes of tensors allocated during one step and alive at once. On CPU from the
@@ -49,10 +57,11 @@ from ..convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
 from ..utils.malloc import keep_freed_memory
 
 __all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
-           'step_flops', 'bf16_agreement', 'ProductTimer']
+           'step_flops', 'bf16_agreement', 'ProductTimer', 'int8_speedups']
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+INT8 = 'int8'  # the onnx path's quantized dtype (src.deploy.quantize), not an autocast dtype
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -62,7 +71,8 @@ class Config:
     model: str = 'convmlp_s'
     mode: str = 'infer'            # 'infer' | 'train' (forward, backward, AdamW step)
     path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone) | 'onnx'
-    dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
+    dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only) | 'int8' (onnx only)
+    keep_fp32: str = ''            # int8: the convolutions left in fp32 (src.deploy.quantize.KEEP_FP32_ORDER)
     compiled: bool = False
     fused: bool = False            # BatchNorm folded into convs (inference only)
     checkpointing: bool = False    # gradient checkpointing (training only)
@@ -81,15 +91,19 @@ class Config:
         if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast', 'floor', 'onnx'):
             raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline', 'fast', 'floor' or 'onnx'; "
                              f"got {self}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)}')
+        if self.dtype not in DTYPES and not (self.dtype == INT8 and self.path == 'onnx'):
+            raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)} (int8: the onnx path only)')
+        if self.dtype == INT8 and not self.keep_fp32:
+            object.__setattr__(self, 'keep_fp32', 'first_conv')
+        if (self.dtype == INT8) != bool(self.keep_fp32):
+            raise ValueError('keep_fp32 is for int8 rows only')
         if self.path == 'baseline' and (self.dtype != 'fp32' or self.compiled or self.fused or self.checkpointing):
             raise ValueError('the baseline is the release forward: fp32, eager, unfused, no checkpointing')
         if self.path == 'floor' and (self.compiled or self.checkpointing):
             raise ValueError("the floor times the eager fast path's products: no compile, no checkpointing")
-        if self.path == 'onnx' and (self.mode != 'infer' or self.dtype != 'fp32' or self.compiled
+        if self.path == 'onnx' and (self.mode != 'infer' or self.dtype not in ('fp32', INT8) or self.compiled
                                     or self.device != 'cpu'):
-            raise ValueError('the onnx path is fp32 inference under ONNX Runtime on the CPU, not compiled')
+            raise ValueError('the onnx path is fp32 or int8 inference under ONNX Runtime on the CPU, not compiled')
         if self.fused and self.mode == 'train':
             raise ValueError('fused BatchNorm is for inference: training needs batch statistics')
         if self.checkpointing and self.mode == 'infer':
@@ -102,7 +116,7 @@ class Config:
         if self.path == 'floor':
             return f"{self.dtype}{' fused' * self.fused} matrix products alone (floor)"
         if self.path == 'onnx':
-            return f"{self.dtype} onnxruntime{' fused' * self.fused}"
+            return f"{self.dtype} onnxruntime{' fused' * self.fused}" + (f' ({self.keep_fp32} in fp32)' * bool(self.keep_fp32))
         parts = [self.dtype, 'compiled' if self.compiled else 'eager']
         parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing + ['system malloc'] * (self.malloc == 'system')
         return ' '.join(parts)
@@ -156,7 +170,7 @@ def _build(cfg: Config):
     model = BUILDERS[cfg.model]().to(device)
     x = torch.randn(cfg.batch, 3, cfg.res, cfg.res, device=device)
     if cfg.path == 'onnx':
-        return _onnx_build(model.fuse(inplace=True) if cfg.fused else model.eval(), x)
+        return _onnx_build(model.fuse(inplace=True) if cfg.fused else model.eval(), x, cfg.keep_fp32)
     if cfg.path == 'baseline':
         net: nn.Module = ReleaseForward(model)
     else:
@@ -199,20 +213,27 @@ def _build(cfg: Config):
     return step, dict
 
 
-def _onnx_build(model: ConvMLP, x: torch.Tensor):
-    """(step, extras) for the ``onnx`` path: ``model`` exported (:func:`src.deploy.export.onnx_bytes`) and run by ONNX
-    Runtime on ``x`` with torch's thread count; the step returns the logits as a tensor, ``extras()`` the
-    parity with the eager model and ONNX Runtime's version."""
+def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
+    """(step, extras) for the ``onnx`` path: ``model`` exported (:func:`src.deploy.export.onnx_bytes`), with
+    ``keep_fp32`` quantized to int8 (:mod:`src.deploy.quantize`, calibrated on ``x``), and run by ONNX Runtime on
+    ``x`` with torch's thread count; the step returns the logits as a tensor, ``extras()`` the parity with the
+    eager model, ONNX Runtime's version and, for int8, the nodes in int8 and the seconds quantization took."""
     import onnxruntime as ort
-    from ..deploy.export import INPUT_NAME, onnx_bytes
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
-    session = ort.InferenceSession(onnx_bytes(model, x), options, providers=['CPUExecutionProvider'])
+    from ..deploy.export import INPUT_NAME, onnx_bytes, onnx_session
+    data, info = onnx_bytes(model, x), {}
+    if keep_fp32:
+        from ..deploy import quantize as q
+        start = time.perf_counter()
+        int8 = q.quantize(q.prepare(data).onnx, x.numpy(), q.Recipe(keep_fp32=keep_fp32))
+        data = int8.onnx
+        info = dict(int8_nodes=sum(q.op_summary(data)['int8'].values()), fp32_nodes=int8.fp32_nodes,
+                    quantize_s=time.perf_counter() - start)
+    session = onnx_session(data, torch.get_num_threads())
     feed = {INPUT_NAME: x.numpy()}
 
     def step():
         return torch.from_numpy(session.run(None, feed)[0])
-    return step, lambda: dict(onnx_parity(model, step, x), onnxruntime=ort.__version__)
+    return step, lambda: dict(onnx_parity(model, step, x), onnxruntime=ort.__version__, **info)
 
 
 @torch.no_grad()
@@ -283,16 +304,17 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
         return dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=min(seconds),
                     mean_sec=sum(seconds) / len(seconds), images_per_s=cfg.batch / min(seconds),
                     tensor_mib=float('nan'), rss_mib=float('nan'), malloc_kept=malloc_kept, warmup_s=warmup_s,
-                    iters=iters, threads=threads, products_per_step=len(timers[0].ops))
+                    iters=iters, threads=threads, products_per_step=len(timers[0].ops), loadavg=os.getloadavg()[0])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     resettable = cuda or _reset_peak_rss()
-    times = []
+    times, cpu_times = [], []
     for _ in range(iters):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - cpu)
     rss_mib = float('nan')
     if cuda:
         tensor_mib = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
@@ -306,7 +328,8 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
     best = min(times)  # best of N: the least disturbed step on a shared machine
     result = dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
                   mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
-                  rss_mib=rss_mib, malloc_kept=malloc_kept, warmup_s=warmup_s, iters=iters, threads=threads)
+                  rss_mib=rss_mib, malloc_kept=malloc_kept, warmup_s=warmup_s, iters=iters, threads=threads,
+                  loadavg=os.getloadavg()[0], cpu_images_per_s=cfg.batch / max(min(cpu_times), 1e-9))
     return dict(result, **extras())
 
 
@@ -465,11 +488,12 @@ if __name__ == '__main__':
 # ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------
 def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: List[bool], fused: List[bool],
            batch: int, res: int, device: str = 'cpu', malloc_rows: bool = True,
-           floor_rows: bool = True, onnx_rows: bool = True) -> List[Config]:
+           floor_rows: bool = True, onnx_rows: bool = True, int8_keep_fp32: Sequence[str] = ()) -> List[Config]:
     """Baseline first, then every fast-path combination, per model and mode (fused: inference only).
     ``malloc_rows``: also the baseline with kept freed memory and the fp32 eager fast path with glibc's
     default malloc, so the allocator's share of each speed-up is visible. ``onnx_rows``: CPU inference with
-    fp32 among ``dtypes``, the model under ONNX Runtime (path ``onnx``, fused as the last eager fp32 row).
+    fp32 among ``dtypes``, the model under ONNX Runtime (path ``onnx``, fused as the last eager fp32 row), and
+    after it the int8 model, one row per group of ``int8_keep_fp32`` (the convolutions left in fp32).
     ``floor_rows``: last, per dtype, the fast path's matrix products alone (path ``floor``)."""
     configs = []
     for model in models:
@@ -485,6 +509,8 @@ def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: Lis
                         configs.append(Config(dtype=dtype, compiled=comp, fused=fuse, **common))
             if onnx_rows and mode == 'infer' and device == 'cpu' and 'fp32' in dtypes:
                 configs.append(Config(path='onnx', fused=True in fused, **common))
+                configs += [Config(path='onnx', dtype=INT8, keep_fp32=keep, fused=True in fused, **common)
+                            for keep in int8_keep_fp32]
             if floor_rows:
                 configs += [Config(path='floor', dtype=dtype, fused=mode == 'infer' and True in fused, **common)
                             for dtype in dtypes]
@@ -524,21 +550,47 @@ def annotate(results: List[Dict], peaks: Dict[str, float]) -> None:
 
 
 def markdown_table(results: List[Dict], emulated: Sequence[str] = ()) -> str:
-    """The rows as a markdown table; rows in a dtype of ``emulated`` (not native on this CPU) say so."""
+    """The rows as a markdown table; rows in a dtype of ``emulated`` (not native on this CPU) say so; the last
+    column is the machine's load average when the row was timed."""
     head = ('| model | step | path | batch | res | img/s | x baseline | tensor MiB | RSS MiB | GFLOP/s | '
-            '% matmul peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+            '% matmul peak | load |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     rows = []
     for r in results:
         c = r['config']
         label = r['label'] + (f" ({c['dtype']} emulated)" if c['dtype'] in emulated else '')
         lead = f"| {c['model']} | {c['mode']} | {label} | {c['batch']} | {c['res']} |"
         if 'error' in r:
-            rows.append(f"{lead} failed: {r['error'][:80]} | | | | | |")
+            rows.append(f"{lead} failed: {r['error'][:80]} | | | | | | |")
             continue
-        cells = ['-' if r[k] != r[k] else f'{r[k]:.{digits}f}'  # NaN: not measured / no baseline row
-                 for k, digits in (('x_baseline', 2), ('tensor_mib', 0), ('rss_mib', 0))]
-        rows.append(f"{lead} {r['images_per_s']:.2f} | {' | '.join(cells)} | {r['gflops']:.1f} | {r['pct_peak']:.0f} |")
+        cells = ['-' if r.get(k, float('nan')) != r.get(k) else f'{r[k]:.{digits}f}'  # NaN/absent: not measured
+                 for k, digits in (('x_baseline', 2), ('tensor_mib', 0), ('rss_mib', 0), ('gflops', 1),
+                                   ('pct_peak', 0), ('loadavg', 1))]
+        rows.append(f"{lead} {r['images_per_s']:.2f} | {' | '.join(cells)} |")
     return '\n'.join([head] + rows)
+
+
+def int8_speedups(results: List[Dict]) -> List[Dict]:
+    """For each int8 row: its images/s over the faster of the two fp32 inference paths of the same model,
+    batch and resolution in the same run (``fp32 eager fused`` and ``fp32 onnxruntime``), which one that was,
+    the same ratio in images per CPU-second (``cpu_speedup``), and the load averages of the rows compared."""
+    out = []
+    for r in results:
+        c = r['config']
+        if 'error' in r or c['dtype'] != INT8:
+            continue
+        same = [b for b in results if 'error' not in b and b['config']['dtype'] == 'fp32' and b['config']['mode'] == 'infer'
+                and all(b['config'][k] == c[k] for k in ('model', 'batch', 'res', 'device'))
+                and ((b['config']['path'] == 'fast' and b['config']['fused'] and not b['config']['compiled']
+                      and b['config']['malloc'] == 'keep') or b['config']['path'] == 'onnx')]
+        if same:
+            fastest = max(same, key=lambda b: b['images_per_s'])
+            by_cpu = max(same, key=lambda b: b['cpu_images_per_s'])
+            out.append(dict(label=r['label'], model=c['model'], batch=c['batch'], res=c['res'],
+                            images_per_s=r['images_per_s'], fp32_label=fastest['label'],
+                            fp32_images_per_s=fastest['images_per_s'], speedup=r['images_per_s'] / fastest['images_per_s'],
+                            cpu_speedup=r['cpu_images_per_s'] / by_cpu['cpu_images_per_s'], cpu_fp32_label=by_cpu['label'],
+                            loadavg=[x.get('loadavg') for x in (r, fastest)]))
+    return out
 
 
 def linearity(results: List[Dict]) -> Dict[str, Dict[int, float]]:

@@ -5,11 +5,12 @@ as :class:`UsageError` where it is first known. The command catches it and print
 ``<command>: error: <what is wrong and how to fix it>``, and exits with code 2 (:func:`report`,
 :func:`fail`). ``src.weights.CheckpointError`` is a UsageError too.
 """
+import argparse
 import os
 import sys
 from typing import NoReturn, Optional
 
-__all__ = ['UsageError', 'EXIT_USAGE', 'program_name', 'error_line', 'report', 'fail']
+__all__ = ['UsageError', 'EXIT_USAGE', 'program_name', 'error_line', 'report', 'fail', 'OneLineParser']
 
 EXIT_USAGE = 2  # argparse's exit code for a bad command line: ours for any bad input
 
@@ -45,3 +46,11 @@ def fail(message: object, prog: Optional[str] = None) -> NoReturn:
     """Print the error line and exit with code 2."""
     report(message, prog)
     raise SystemExit(EXIT_USAGE)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose bad command line ends as every other bad input does: the one
+    error line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message, self.prog)

@@ -1,7 +1,8 @@
-"""Image files in and out: reading the user's images (one clear error for a missing or unreadable file)
-and writing PNGs crash-safe."""
+"""Image files in and out: finding the images of a folder, reading the user's images (one clear error for a
+missing folder, an empty one, a missing or unreadable file) and writing PNGs crash-safe."""
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Union
 
@@ -10,7 +11,39 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import UsageError
 
-__all__ = ['read_images', 'save_png']
+__all__ = ['IMAGE_SUFFIXES', 'FolderImages', 'list_image_folder', 'read_images', 'save_png']
+
+IMAGE_SUFFIXES = frozenset(['.bmp', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp'])
+
+
+@dataclass
+class FolderImages:
+    """The images of a folder: ``paths`` (sorted), and for each the index into ``classes`` of the class
+    sub-folder it lies in (``labels``; -1 for an image directly in the folder). ``classes``: the names of the
+    sub-folders holding images, sorted (an ImageFolder's class order)."""
+    paths: List[Path]
+    labels: List[int]
+    classes: List[str]
+
+
+def list_image_folder(folder: Union[str, Path]) -> FolderImages:
+    """Every image file (by suffix) of ``folder``: directly in it, or in its class sub-folders at any depth
+    (an ImageFolder's ``CLASS/IMAGE.png``). :class:`UsageError` for a missing folder or one without images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f'image folder not found: {folder}')
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
+    by_class = {d.name: sorted(p for p in d.rglob('*') if is_image(p)) for d in folder.iterdir() if d.is_dir()}
+    classes = sorted(name for name, files in by_class.items() if files)
+    paths = sorted(p for p in folder.iterdir() if is_image(p))
+    labels = [-1] * len(paths)
+    for index, name in enumerate(classes):
+        paths += by_class[name]
+        labels += [index] * len(by_class[name])
+    if not paths:
+        raise UsageError(f'no images in {folder} (looked for {"/".join(sorted(IMAGE_SUFFIXES))} files in it '
+                         f'and in its class sub-folders)')
+    return FolderImages(paths, labels, classes)
 
 
 def read_images(paths: Sequence[Union[str, Path]]) -> List[np.ndarray]:

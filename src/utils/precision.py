@@ -6,7 +6,8 @@ matmul reaches 37 GFLOP/s against 166 in fp32, and a ConvMLP-S training step run
 fp32. So ``--amp`` (and the README's inference recipe) asks :func:`amp_dtype`, which returns the low
 precision dtype where it is native and ``None`` (plain fp32) where it is emulated, saying so once.
 ``CONVMLP_CPU_AMP=force`` uses the requested dtype anyway. On CUDA nothing changes: fp16 unless asked
-otherwise.
+otherwise. :func:`cpu_int8` says the same for int8 inference: whether the CPU has VNNI or AMX, the
+instructions int8 kernels need to beat fp32 by much.
 
 Importable without timm or OpenMMLab.
 """
@@ -21,13 +22,18 @@ from typing import Callable, ContextManager, FrozenSet, Optional, Set
 
 import torch
 
-__all__ = ['FORCE_ENV', 'cpu_features', 'cpu_native', 'cpu_isa', 'amp_dtype', 'autocast']
+__all__ = ['FORCE_ENV', 'cpu_features', 'cpu_native', 'cpu_isa', 'cpu_int8', 'amp_dtype', 'autocast']
 
 FORCE_ENV = 'CONVMLP_CPU_AMP'
 # features (torch.cpu.get_capabilities() keys, which are also /proc/cpuinfo's flag names on Linux) that
 # give the CPU native arithmetic in the dtype: x86, then Arm
 NATIVE_FEATURES = {torch.bfloat16: ('avx512_bf16', 'amx_bf16', 'bf16', 'sve_bf16'),
                    torch.float16: ('avx512_fp16', 'amx_fp16', 'fp16_arith', 'asimdhp')}
+# int8 dot-product instructions, the ones int8 inference kernels (ONNX Runtime, oneDNN, OpenVINO) are fast with:
+# AMX tiles, then VNNI (x86); SDOT/UDOT and I8MM (Arm). Without them an int8 product takes three instructions
+# (AVX2: vpmaddubsw, vpmaddwd, vpaddd) where VNNI takes one.
+INT8_FEATURES = {'AMX': ('amx_int8',), 'VNNI': ('avx512_vnni', 'avx_vnni'),
+                 'dot product': ('asimddp', 'dotprod', 'i8mm', 'sve_i8mm')}
 SHORT = {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'fp32'}
 _warned: Set[str] = set()
 
@@ -64,6 +70,17 @@ def cpu_isa() -> str:
     has = [f for f in NATIVE_FEATURES[torch.bfloat16] if f in cpu_features()]
     bf16 = f"bf16 native ({' '.join(has)})" if cpu_native(torch.bfloat16) else 'bf16 emulated'
     return f'{torch.backends.cpu.get_cpu_capability()}, {bf16}'
+
+
+def cpu_int8() -> str:
+    """One line for int8 speed figures: which int8 dot-product instructions this CPU has, e.g.
+    ``'int8 VNNI (avx512_vnni avx_vnni)'``, ``'int8 AMX+VNNI (amx_int8 avx512_vnni)'`` or ``'int8 without
+    VNNI/AMX'`` (an AVX2-only x86 CPU)."""
+    found = {kind: [f for f in features if f in cpu_features()] for kind, features in INT8_FEATURES.items()}
+    kinds = [kind for kind, have in found.items() if have]
+    if not kinds:
+        return 'int8 without VNNI/AMX'
+    return f"int8 {'+'.join(kinds)} ({' '.join(f for kind in kinds for f in found[kind])})"
 
 
 def _forced() -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch.profiler import profile
 
 from conftest import ROOT
-from helpers import randomize_norms
+from helpers import load_tool, randomize_norms
 from src import convmlp_s
 from src.utils import precision
 from src.perf.benchmark import ProductTimer, ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
@@ -269,7 +269,7 @@ def test_product_timer_times_every_product_of_a_training_step_and_changes_nothin
 
 def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
-           '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '2',
+           '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '1',
            '--sweep-res', '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--int8-keep-fp32', 'first_conv',
            '--out', str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -303,6 +303,25 @@ def test_benchmark_tool_smoke(tmp_path):
     assert 'fp32 onnxruntime fused (ONNX Runtime 1.' in table and 'top-1 agreement 100.0%' in table
     assert f"int8 onnxruntime fused (first_conv in fp32), batch 1 at 32 px: {int8['images_per_s']:.2f} img/s, " \
            f"{speedup['speedup']:.2f}x the faster fp32 path ({faster['label']}" in table
+
+
+def test_benchmark_rounds_keep_each_rows_fastest_round(monkeypatch):
+    """--rounds N measures every row N times round-robin and keeps each row's fastest round (an error only
+    where no round succeeded)."""
+    from src.perf import benchmark as bench
+    tool = load_tool('benchmark')
+    a, b, c = (bench.Config(batch=n) for n in (1, 2, 3))
+    times = {a: [3.0, 1.0, 2.0], b: [None, 5.0, 4.0], c: [None, None, None]}
+    order = []
+
+    def measure(cfg, **_):
+        order.append(cfg)
+        t = times[cfg].pop(0)
+        return {'error': 'failed'} if t is None else {'best_sec': t, 'images_per_s': 1 / t, 'tensor_mib': 1.0}
+    monkeypatch.setattr(bench, 'measure', measure)
+    rows = tool.run_all([a, b, c], type('Args', (), dict(rounds=3, iters=1, warmup=0, threads=1)))
+    assert order == [a, b, c] * 3
+    assert [r.get('best_sec', r.get('error')) for r in rows] == [1.0, 4.0, 'failed']
 
 
 def test_benchmark_tool_rejects_bad_flags():

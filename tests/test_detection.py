@@ -128,10 +128,11 @@ def _tiny(config: str) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config', [RETINANET, MASKRCNN], ids=['retinanet', 'maskrcnn'])
-def test_dist_train_resume_and_test_mmdet2_checkpoint(config, tmp_path, capsys):
-    """Through dist_detection.sh with 2 CPU processes: 2 iterations + COCO evaluation, resume for 2
-    more; then test.py evaluates the result re-saved in mmdet 2.x layout."""
+@pytest.mark.parametrize('config', [MASKRCNN], ids=['maskrcnn'])
+def test_dist_train_and_test_mmdet2_checkpoint(config, tmp_path, capsys):
+    """Through dist_detection.sh with 2 CPU processes: 2 iterations + COCO evaluation; then test.py evaluates
+    the result re-saved in mmdet 2.x layout. Mask R-CNN-S (boxes and masks); RetinaNet-S trains through the
+    launcher in test_transfer.py's smoke run; runs resume in test_dense_resume.py."""
     data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'coco'
     work = tmp_path / 'work'
     kinds = ['bbox', 'segm'] if 'maskrcnn' in config else ['bbox']
@@ -140,18 +141,13 @@ def test_dist_train_resume_and_test_mmdet2_checkpoint(config, tmp_path, capsys):
     for kind in kinds:
         assert f'Evaluate annotation type *{kind}*' in first.out
         assert {f'{kind}_mAP', f'{kind}_mAP_50', f'{kind}_mAP_75'} <= set(metrics(first.out, 'coco'))
-    assert (work / 'epoch_1.pth').is_file()
-
-    second = dist('detection', config, data, '--work-dir', work, '--resume', *_tiny(config), 'train_cfg.max_epochs=2')
-    assert 'resumed epoch: 1, iter: 2' in second.out
-    assert 'Epoch(train) [2][2/2]' in second.out and 'Epoch(train) [1]' not in second.out
 
     from src.mm.checkpoints import run_checkpoint_globals
     with torch.serialization.safe_globals(run_checkpoint_globals()):
-        run_file = torch.load(work / 'epoch_2.pth', map_location='cpu', weights_only=True)
-    assert (run_file['meta']['epoch'], run_file['meta']['iter']) == (2, 4)
+        run_file = torch.load(work / 'epoch_1.pth', map_location='cpu', weights_only=True)
+    assert (run_file['meta']['epoch'], run_file['meta']['iter']) == (1, 2)
     legacy = tmp_path / 'mmdet2.pth'
-    torch.save({'meta': {'mmdet_version': '2.28.2', 'CLASSES': CLASSES, 'epoch': 2, 'iter': 4},
+    torch.save({'meta': {'mmdet_version': '2.28.2', 'CLASSES': CLASSES, 'epoch': 1, 'iter': 2},
                 'state_dict': run_file['state_dict']}, legacy)
     capsys.readouterr()
     assert main('detection', 'test', [str(ROOT / config), str(legacy), '--data-root', str(data),

@@ -271,16 +271,16 @@ def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
            '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '1',
            '--sweep-res', '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--int8-keep-fp32', 'first_conv',
+           '--no-malloc-rows',  # their rows: test_benchmark_matrix_rows
            '--out', str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     labels = [r['label'] for r in report['rows']]
-    assert labels == ['baseline (release)', 'baseline (release) + keep malloc', 'fp32 eager fused system malloc',
-                      'fp32 eager fused', 'fp32 onnxruntime fused', 'int8 onnxruntime fused (first_conv in fp32)',
-                      'fp32 fused matrix products alone (floor)']
+    assert labels == ['baseline (release)', 'fp32 eager fused', 'fp32 onnxruntime fused',
+                      'int8 onnxruntime fused (first_conv in fp32)', 'fp32 fused matrix products alone (floor)']
     assert report['rows'][0]['x_baseline'] == 1.0
-    assert [r['malloc_kept'] for r in report['rows']] == [False, True, False, True, True, True, True]
+    assert [r['malloc_kept'] for r in report['rows']] == [False, True, True, True, True]
     *steps, onnx, int8, floor = report['rows']
     assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['tensor_mib'] > 0 and r['rss_mib'] == r['rss_mib']
                for r in steps)
@@ -303,6 +303,18 @@ def test_benchmark_tool_smoke(tmp_path):
     assert 'fp32 onnxruntime fused (ONNX Runtime 1.' in table and 'top-1 agreement 100.0%' in table
     assert f"int8 onnxruntime fused (first_conv in fp32), batch 1 at 32 px: {int8['images_per_s']:.2f} img/s, " \
            f"{speedup['speedup']:.2f}x the faster fp32 path ({faster['label']}" in table
+
+
+def test_benchmark_matrix_rows():
+    """The rows of a benchmark run, in order: the allocator rows beside the baseline and the fast path (the
+    smoke run above leaves them out to save two processes), ONNX Runtime fp32 and int8, the floor."""
+    from src.perf import benchmark as bench
+    rows = bench.matrix(['convmlp_s'], ['infer'], ['fp32'], [False], [True], 1, 32, int8_keep_fp32=['first_conv'])
+    assert [(r.label, r.malloc) for r in rows] == [
+        ('baseline (release)', 'system'), ('baseline (release) + keep malloc', 'keep'),
+        ('fp32 eager fused system malloc', 'system'), ('fp32 eager fused', 'keep'),
+        ('fp32 onnxruntime fused', 'keep'), ('int8 onnxruntime fused (first_conv in fp32)', 'keep'),
+        ('fp32 fused matrix products alone (floor)', 'keep')]
 
 
 def test_benchmark_rounds_keep_each_rows_fastest_round(monkeypatch):

@@ -30,6 +30,17 @@ def mmengine_logs_to_this_test():
     yield
 
 
+@pytest.fixture(scope='session')
+def fpn_reference(tmp_path_factory):
+    """One 2-process Semantic FPN-S run never interrupted (tests/dense_e2e.py): (data, final checkpoint).
+    Checkpoint and validation intervals leave the training as it is (validation restores the RNG states), so
+    the interrupted 2-process runs of test_dense_resume.py and test_slurm.py, each with intervals of its own,
+    compare with this one run."""
+    pytest.importorskip('mmseg')
+    from dense_e2e import fpn_reference_run
+    return fpn_reference_run(tmp_path_factory.mktemp('fpn_reference'))
+
+
 @pytest.fixture
 def hub_dir(tmp_path, monkeypatch):
     """torch hub cache in a fresh temporary folder; returns its checkpoints/ folder."""

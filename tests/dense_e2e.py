@@ -67,6 +67,17 @@ def dist(task: str, config: str, data_root, *args, **env) -> subprocess.Complete
     return proc
 
 
+def fpn_reference_run(root: Path) -> tuple:
+    """Semantic FPN-S on 64 px shapes (SEG) through dist_segmentation.sh with 2 CPU processes, never
+    interrupted, in ``root``: (its ADE-layout data, its final checkpoint). Behind the session fixture
+    ``fpn_reference`` (tests/conftest.py)."""
+    from src.studies.shapes import make_shapes
+    data = make_shapes(root / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
+    dist('segmentation', FPN, data, '--work-dir', root / 'ref', '--cfg-options', *SEG,
+         'default_hooks.checkpoint.interval=100')
+    return data, root / 'ref' / f'iter_{ITERS}.pth'
+
+
 def metrics(text: str, prefix: str) -> dict:
     """``{name: value}`` of the last ``prefix/name: value`` pairs mmengine printed (e.g. prefix 'coco')."""
     found = {}

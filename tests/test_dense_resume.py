@@ -215,18 +215,17 @@ def _stop_when(proc, log, pattern: str, send) -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_killed_then_sigterm_resume_bitwise(tmp_path):
+def test_two_processes_killed_then_sigterm_resume_bitwise(fpn_reference, tmp_path):
     """dist_segmentation.sh, 2 CPU processes (gloo), a checkpoint every second iteration: SIGKILL to all of them
     inside iteration 3, ``--resume``; then SIGTERM to the launcher's process group (as Slurm, a spot reclaim or
     ``kill -TERM -PGID`` send it) as soon as the resumed run logs an iteration: one checkpoint at the next
     iteration end (``preempted.pth``, or the regular one saved after that very iteration), exit code 75; the
     same command with --resume ends bitwise equal to the run never interrupted."""
-    data = make_shapes(tmp_path / 'shapes', num_train=4, num_val=2, size=(64, 64)) / 'ade'
+    data, reference = fpn_reference
 
     def launch(work, *args):
         return ['bash', ROOT / 'dist_segmentation.sh', FPN, 2, data, '--work-dir', work, '--cfg-options', *SEG,
                 'default_hooks.checkpoint.interval=2', *args]  # --resume after --cfg-options' values
-    _finish(_start(launch(tmp_path / 'ref'), tmp_path / 'ref.log'), tmp_path / 'ref.log')
     log, work = tmp_path / 'cut.log', tmp_path / 'cut'
     cut = _start(launch(work), log)
     _kill_when(cut, log, f'Iter(train) [3/{ITERS}]')
@@ -250,7 +249,7 @@ def test_two_processes_killed_then_sigterm_resume_bitwise(tmp_path):
     text = _finish(_start(launch(work, '--resume'), log), log)
     assert f'resumed epoch: 0, iter: {step}' in text
     assert not (work / 'preempted.pth').exists()  # the next regular save removed it
-    assert_bitwise_equal(tmp_path / 'ref' / f'iter_{ITERS}.pth', work / f'iter_{ITERS}.pth')
+    assert_bitwise_equal(reference, work / f'iter_{ITERS}.pth')
 
 
 @pytest.mark.slow

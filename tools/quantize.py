@@ -129,8 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        args.min_cosine, Recipe(moving_average=args.moving_average), args.threads,
                        log=lambda line: print(line, flush=True))
     if args.keep_fp32 == AUTO and split.check and not build.met_target:
-        report(f'int8 misses the target on the check slice even with the whole stem in fp32 (see above); nothing '
-               f'written: lower --min-agreement/--min-cosine or choose --keep-fp32 to write it anyway')
+        report('int8 misses the target on the check slice even with the whole stem in fp32 (see above); nothing '
+               'written: lower --min-agreement/--min-cosine or choose --keep-fp32 to write it anyway')
         return 1
 
     evaluation = None

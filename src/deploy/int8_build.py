@@ -185,7 +185,7 @@ def report_markdown(report: dict) -> str:
              f"- files: fp32 ONNX {report['files']['fp32_mib']:.2f} MiB, int8 {report['files']['int8_mib']:.2f} MiB",
              f"- calibration: {len(calib['images'])} images of {calib['folder']} ({calib['folder_images']} there), "
              f"{calib['check_images']} others of it held out for the check; preprocessing: {calib['preprocessing']}",
-             f"- quantize_static: " + ', '.join(f'{k}={v}' for k, v in build['quantize_static_args'].items()
+             "- quantize_static: " + ', '.join(f'{k}={v}' for k, v in build['quantize_static_args'].items()
                                                 if k != 'nodes_to_exclude'),
              f"- kept in fp32: {build['keep_fp32']} ({KEEP_FP32_WHY[build['keep_fp32']]}): "
              + (', '.join(build['fp32_nodes']) or 'no node'),

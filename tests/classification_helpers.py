@@ -1,7 +1,10 @@
 """Tiny datasets and subprocess helpers for the classification.py tests."""
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +36,30 @@ def run(args, cwd=ROOT, env=None, timeout=600, script='classification.py'):
     cmd = ([str(ROOT / script)] if script.endswith('.sh') else [PY, str(ROOT / script)]) + [str(a) for a in args]
     e = {**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def start(args, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """classification.py with ``args`` in the background, one thread (tests run two such beside each other)."""
+    return subprocess.Popen([PY, str(ROOT / 'classification.py')] + [str(a) for a in args], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
+
+
+def updates_done(log_text: str, per_epoch: int) -> int:
+    """Optimizer updates a run's train.log has reported, ``per_epoch`` to an epoch."""
+    steps = re.findall(r'epoch (\d+)(?:/\d+)? step (\d+)/', log_text)
+    return max([(int(e) - 1) * per_epoch + int(s) for e, s in steps] or [0])
+
+
+def wait_for_updates(proc: subprocess.Popen, log: Path, updates: int, per_epoch: int) -> None:
+    """Return once ``proc``'s train.log ``log`` reports ``updates`` updates (or ``proc`` has ended)."""
+    while proc.poll() is None and not (log.is_file() and updates_done(log.read_text(), per_epoch) >= updates):
+        time.sleep(0.005)
+
+
+def kill_after(proc: subprocess.Popen, log: Path, updates: int, per_epoch: int) -> None:
+    """SIGKILL ``proc`` once its train.log reports ``updates`` updates; it must not have finished by then."""
+    wait_for_updates(proc, log, updates, per_epoch)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'

@@ -2,18 +2,14 @@
 one step of a run with N times the processes sees; 1 process x batch 4 x 2 steps trains like 2 processes x
 batch 4; and a run killed inside an accumulation window resumes bit for bit."""
 import csv
-import os
 import random
-import re
-import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import torch
 
-from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run
+from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start
 from src.train.data import EpochSampler
 from src.train.digits import write_digits_imagefolder
 
@@ -77,11 +73,12 @@ def test_one_process_accumulating_trains_like_two_processes(tmp_path):
     common = [data, '--model', 'convmlp_s', '--img-size', 32, '-b', 4, '-j', 0, '--epochs', 1, '--drop-path', 0,
               '--mixup', 0, '--cutmix', 0, '--lr', 1e-3, '--warmup-epochs', 0, '--log-interval', 1,
               '--output', tmp_path / 'out']
-    one = run([*common, '--experiment', 'accum', '--grad-accum-steps', 2])
-    assert one.returncode == 0, one.stderr[-3000:]
+    one = start([*common, '--experiment', 'accum', '--grad-accum-steps', 2], stderr=subprocess.PIPE)  # beside
     two = run(['2', *common, '--experiment', 'ddp'], env=dict(MASTER_PORT=str(_free_port())),
               script='dist_classification.sh')
     assert two.returncode == 0, two.stderr[-3000:]
+    _, err = one.communicate(timeout=600)
+    assert one.returncode == 0, err[-3000:]
     logs = {name: (tmp_path / 'out' / name / 'train.log').read_text() for name in ('accum', 'ddp')}
     assert 'global batch 8 = 1 process(es) x batch 4 x 2 accumulation step(s)' in logs['accum']
     assert 'global batch 8 = 2 process(es) x batch 4 x 1 accumulation step(s)' in logs['ddp']
@@ -105,11 +102,6 @@ def _args(data, out, experiment):
             '--model-ema-decay', 0.9, '--seed', 3, '--checkpoint-interval', 1, '--log-interval', 1]
 
 
-def _updates_done(log_text):
-    steps = re.findall(r'epoch (\d+)(?:/\d+)? step (\d+)/', log_text)
-    return max([(int(e) - 1) * STEPS + int(s) for e, s in steps] or [0])
-
-
 def _weights(path):
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
     return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
@@ -119,19 +111,10 @@ def _weights(path):
 def test_accumulating_run_killed_inside_a_window_resumes_bitwise(tmp_path):
     data = make_image_folder(tmp_path / 'data')
     out = tmp_path / 'out'
-    ref = subprocess.Popen([PY, str(ROOT / 'classification.py')] + [str(a) for a in _args(data, out, 'ref')],
-                           cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)  # beside the interrupted run: one core each
-    kill_at = random.Random().randint(STEPS + 1, 3 * STEPS - 1)
-    log = out / 'cut' / 'train.log'
-    proc = subprocess.Popen([PY, str(ROOT / 'classification.py')] + [str(a) for a in _args(data, out, 'cut')],
-                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and not (log.is_file() and _updates_done(log.read_text()) >= kill_at):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)  # the next update's first micro-batch is under way: inside a window
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    ref = start(_args(data, out, 'ref'), stderr=subprocess.PIPE)  # beside the interrupted run: one core each
+    # killed as soon as the update is logged: the next update's first micro-batch is under way, inside a window
+    kill_after(start(_args(data, out, 'cut')), out / 'cut' / 'train.log',
+               random.Random().randint(STEPS + 1, 3 * STEPS - 1), STEPS)
     resumed = run(_args(data, out, 'cut') + ['--resume', 'auto'])
     assert resumed.returncode == 0, resumed.stderr
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]

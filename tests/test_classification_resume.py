@@ -2,15 +2,12 @@
 same weights (bitwise) and the same summary.csv as the run never interrupted."""
 import os
 import random
-import re
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
-from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run
+from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start
 
 STEPS = 6  # 3 classes x 8 images / batch 4
 EPOCHS = 3
@@ -29,28 +26,14 @@ def _weights(path):
     return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
 
 
-def _steps_done(log_text):
-    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+)(?:/\d+)? step (\d+)/', log_text)] or [0])
-
-
 @pytest.mark.slow
 def test_sigkill_and_torn_checkpoint_resume_bitwise(tmp_path):
     data = make_image_folder(tmp_path / 'data')
     out = tmp_path / 'out'
-    ref = subprocess.Popen([PY, str(ROOT / 'classification.py')] + [str(a) for a in _args(data, out, 'ref')],
-                           cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)  # beside the interrupted run: one core each
-
-    kill_at = random.Random().randint(STEPS + 3, EPOCHS * STEPS - 2)  # after a recovery save of epoch 2+
+    ref = start(_args(data, out, 'ref'), stderr=subprocess.PIPE)  # beside the interrupted run: one core each
     log = out / 'cut' / 'train.log'
-    proc = subprocess.Popen([PY, str(ROOT / 'classification.py')] + [str(a) for a in _args(data, out, 'cut')],
-                            cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and not (log.is_file() and _steps_done(log.read_text()) >= kill_at):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+    kill_after(start(_args(data, out, 'cut')), log, random.Random().randint(STEPS + 3, EPOCHS * STEPS - 2),
+               STEPS)  # after a recovery save of epoch 2+
 
     # a crash in the middle of writing the newest checkpoint, as if atomic writes did not exist
     newest = out / 'cut' / 'last.pth.tar'

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run
+from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run, updates_done, wait_for_updates
 from src.utils.preemption import EXIT_PREEMPTED
 
 STEPS = 3  # 3 classes x 8 images / 2 processes / batch 4
@@ -30,10 +30,6 @@ def _args(data, out, experiment, epochs=3):
             '--log-interval', 1]
 
 
-def _updates_done(text):
-    return max([(int(e) - 1) * STEPS + int(s) for e, s in re.findall(r'epoch (\d+)/\d+ step (\d+)/', text)] or [0])
-
-
 def _weights(path):
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
     return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
@@ -49,14 +45,12 @@ def _launch(args, env):
 def test_sigterm_to_a_two_process_run_saves_within_a_step_and_resumes_bitwise(tmp_path):
     data = make_image_folder(tmp_path / 'data')
     out = tmp_path / 'out'
-    ref = run(['2', *_args(data, out, 'ref')], env=dict(MASTER_PORT=str(_free_port())), script='dist_classification.sh')
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref = _launch(_args(data, out, 'ref'), dict(MASTER_PORT=str(_free_port())))  # beside the interrupted run
 
     log = out / 'cut' / 'train.log'
     proc = _launch(_args(data, out, 'cut'), dict(MASTER_PORT=str(_free_port())))
-    while proc.poll() is None and not (log.is_file() and _updates_done(log.read_text()) >= STEPS + 1):
-        time.sleep(0.005)
-    seen = _updates_done(log.read_text())
+    wait_for_updates(proc, log, STEPS + 1, STEPS)
+    seen = updates_done(log.read_text(), STEPS)
     os.killpg(proc.pid, signal.SIGTERM)  # as Slurm, a spot reclaim or `kill -TERM -PGID` do: every process
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
@@ -70,6 +64,8 @@ def test_sigterm_to_a_two_process_run_saves_within_a_step_and_resumes_bitwise(tm
     again = run(['2', *_args(data, out, 'cut'), '--resume', 'auto'], env=dict(MASTER_PORT=str(_free_port())),
                 script='dist_classification.sh')
     assert again.returncode == 0, again.stderr[-3000:]
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err[-3000:]
     ref_w, cut_w = _weights(out / 'ref' / 'last.pth.tar'), _weights(out / 'cut' / 'last.pth.tar')
     for k in ref_w:
         assert torch.equal(ref_w[k], cut_w[k]), k

@@ -63,3 +63,10 @@ def kill_after(proc: subprocess.Popen, log: Path, updates: int, per_epoch: int) 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+
+
+def weights_and_ema(path: Path) -> dict:
+    """A classification checkpoint's weights and its EMA weights (keys ``ema.*``), for bitwise comparisons."""
+    import torch
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}

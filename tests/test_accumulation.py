@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start
+from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start, weights_and_ema
 from src.train.data import EpochSampler
 from src.train.digits import write_digits_imagefolder
 
@@ -102,11 +102,6 @@ def _args(data, out, experiment):
             '--model-ema-decay', 0.9, '--seed', 3, '--checkpoint-interval', 1, '--log-interval', 1]
 
 
-def _weights(path):
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
-
-
 @pytest.mark.slow
 def test_accumulating_run_killed_inside_a_window_resumes_bitwise(tmp_path):
     data = make_image_folder(tmp_path / 'data')
@@ -118,7 +113,7 @@ def test_accumulating_run_killed_inside_a_window_resumes_bitwise(tmp_path):
     resumed = run(_args(data, out, 'cut') + ['--resume', 'auto'])
     assert resumed.returncode == 0, resumed.stderr
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
-    ref_w, cut_w = _weights(out / 'ref' / 'last.pth.tar'), _weights(out / 'cut' / 'last.pth.tar')
+    ref_w, cut_w = weights_and_ema(out / 'ref' / 'last.pth.tar'), weights_and_ema(out / 'cut' / 'last.pth.tar')
     assert ref_w.keys() == cut_w.keys()
     for k in ref_w:
         assert torch.equal(ref_w[k], cut_w[k]), k

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start
+from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start, weights_and_ema
 
 STEPS = 6  # 3 classes x 8 images / batch 4
 EPOCHS = 3
@@ -19,11 +19,6 @@ def _args(data, out, experiment):
             '--lr', 1e-3, '--warmup-epochs', 1, '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', 0.25, '--mixup', 0.8,
             '--cutmix', 1.0, '--drop-path', 0.1, '--model-ema', '--model-ema-decay', 0.9, '--seed', 3,
             '--checkpoint-interval', 2, '--log-interval', 1]
-
-
-def _weights(path):
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
 
 
 @pytest.mark.slow
@@ -49,7 +44,7 @@ def test_sigkill_and_torn_checkpoint_resume_bitwise(tmp_path):
     # tensors and plain values only (weights_only=True loads it, nothing of src/ is named in it): moving
     # src/ modules cannot break a checkpoint written before
     assert torch.serialization.get_unsafe_globals_in_checkpoint(out / 'ref' / 'last.pth.tar') == []
-    ref_w, cut_w = _weights(out / 'ref' / 'last.pth.tar'), _weights(out / 'cut' / 'last.pth.tar')
+    ref_w, cut_w = weights_and_ema(out / 'ref' / 'last.pth.tar'), weights_and_ema(out / 'cut' / 'last.pth.tar')
     assert ref_w.keys() == cut_w.keys()
     for k in ref_w:
         assert torch.equal(ref_w[k], cut_w[k]), k

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, run, updates_done, wait_for_updates
+from classification_helpers import (PY, ROOT, TINY_MODEL, make_image_folder, run, updates_done, wait_for_updates,
+                                    weights_and_ema)
 from src.utils.preemption import EXIT_PREEMPTED
 
 STEPS = 3  # 3 classes x 8 images / 2 processes / batch 4
@@ -28,11 +29,6 @@ def _args(data, out, experiment, epochs=3):
             '--lr', 1e-3, '--warmup-epochs', 1, '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', 0.25, '--mixup', 0.8,
             '--cutmix', 1.0, '--drop-path', 0.1, '--model-ema', '--model-ema-decay', 0.9, '--seed', 5,
             '--log-interval', 1]
-
-
-def _weights(path):
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
 
 
 def _launch(args, env):
@@ -66,7 +62,7 @@ def test_sigterm_to_a_two_process_run_saves_within_a_step_and_resumes_bitwise(tm
     assert again.returncode == 0, again.stderr[-3000:]
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err[-3000:]
-    ref_w, cut_w = _weights(out / 'ref' / 'last.pth.tar'), _weights(out / 'cut' / 'last.pth.tar')
+    ref_w, cut_w = weights_and_ema(out / 'ref' / 'last.pth.tar'), weights_and_ema(out / 'cut' / 'last.pth.tar')
     for k in ref_w:
         assert torch.equal(ref_w[k], cut_w[k]), k
     assert (out / 'cut' / 'summary.csv').read_text() == (out / 'ref' / 'summary.csv').read_text()

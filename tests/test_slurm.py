@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder
+from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, weights_and_ema
 from slurm_cluster import FINAL, slurm_cluster, slurm_two_nodes  # noqa: F401  (fixtures)
 from src.utils.preemption import EXIT_PREEMPTED
 
@@ -28,17 +28,16 @@ def _classification_args(data, out):
                              '--log-interval', 1)]
 
 
+def _run_weights(run_dir: Path) -> dict:
+    return weights_and_ema(run_dir / 'last.pth.tar')
+
+
 def _job_env(**extra):
     return dict(PYTHON=PY, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', **extra)
 
 
-def _weights(run_dir: Path) -> dict:
-    ckpt = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=True)
-    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
-
-
 def _assert_same_run(ref: Path, run: Path) -> None:
-    a, b = _weights(ref), _weights(run)
+    a, b = _run_weights(ref), _run_weights(run)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -65,8 +65,15 @@ def kill_after(proc: subprocess.Popen, log: Path, updates: int, per_epoch: int) 
     assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
 
 
-def weights_and_ema(path: Path) -> dict:
-    """A classification checkpoint's weights and its EMA weights (keys ``ema.*``), for bitwise comparisons."""
+def assert_same_run(ref: Path, run: Path) -> None:
+    """Two classification runs (their folders) ended bitwise equal: weights, EMA weights and summary.csv."""
     import torch
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
+
+    def weights(run_dir):
+        ckpt = torch.load(run_dir / 'last.pth.tar', map_location='cpu', weights_only=True)
+        return {**ckpt['state_dict'], **{f'ema.{k}': v for k, v in ckpt['state_dict_ema'].items()}}
+    a, b = weights(ref), weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (run / 'summary.csv').read_text() == (ref / 'summary.csv').read_text()

@@ -3,10 +3,11 @@ test_dense_resume.py, test_slurm.py): build models from configs, run the torchru
 print, a short Semantic FPN-S run and the bitwise comparison of two runs' checkpoints."""
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -42,12 +43,6 @@ def build_optimizer(config: str, model):
 
 def count_params(model) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, timeout: int = 600, **env) -> subprocess.CompletedProcess:

@@ -1,5 +1,7 @@
-"""Helpers shared by the tests: the tools as modules, and models whose norms are not at their initial values."""
+"""Helpers shared by the tests: the tools as modules, models whose norms are not at their initial values, a free
+port for a rendezvous."""
 import importlib.util
+import socket
 
 import torch
 from torch import nn
@@ -29,3 +31,10 @@ def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 1.5 + .5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * .5)
     return model
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]

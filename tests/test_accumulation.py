@@ -3,13 +3,13 @@ one step of a run with N times the processes sees; 1 process x batch 4 x 2 steps
 batch 4; and a run killed inside an accumulation window resumes bit for bit."""
 import csv
 import random
-import socket
 import subprocess
 
 import pytest
 import torch
 
-from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start, weights_and_ema
+from classification_helpers import TINY_MODEL, assert_same_run, kill_after, make_image_folder, run, start
+from helpers import free_port
 from src.train.data import EpochSampler
 from src.train.digits import write_digits_imagefolder
 
@@ -47,12 +47,6 @@ def test_without_accumulation_the_order_is_unchanged():
             assert s.indices() == order[rank::world]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _digits(root, per_class):
     """The digits ImageFolder, cut to ``per_class`` training images of each class (all held-out images)."""
     full = write_digits_imagefolder(root / 'full')
@@ -74,7 +68,7 @@ def test_one_process_accumulating_trains_like_two_processes(tmp_path):
               '--mixup', 0, '--cutmix', 0, '--lr', 1e-3, '--warmup-epochs', 0, '--log-interval', 1,
               '--output', tmp_path / 'out']
     one = start([*common, '--experiment', 'accum', '--grad-accum-steps', 2], stderr=subprocess.PIPE)  # beside
-    two = run(['2', *common, '--experiment', 'ddp'], env=dict(MASTER_PORT=str(_free_port())),
+    two = run(['2', *common, '--experiment', 'ddp'], env=dict(MASTER_PORT=str(free_port())),
               script='dist_classification.sh')
     assert two.returncode == 0, two.stderr[-3000:]
     _, err = one.communicate(timeout=600)
@@ -113,8 +107,4 @@ def test_accumulating_run_killed_inside_a_window_resumes_bitwise(tmp_path):
     resumed = run(_args(data, out, 'cut') + ['--resume', 'auto'])
     assert resumed.returncode == 0, resumed.stderr
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
-    ref_w, cut_w = weights_and_ema(out / 'ref' / 'last.pth.tar'), weights_and_ema(out / 'cut' / 'last.pth.tar')
-    assert ref_w.keys() == cut_w.keys()
-    for k in ref_w:
-        assert torch.equal(ref_w[k], cut_w[k]), k
-    assert (out / 'cut' / 'summary.csv').read_text() == (out / 'ref' / 'summary.csv').read_text()
+    assert_same_run(out / 'ref', out / 'cut')

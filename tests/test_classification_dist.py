@@ -2,18 +2,12 @@
 import csv
 import os
 import re
-import socket
 import subprocess
 
 import pytest
 
 from classification_helpers import make_image_folder, run
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 @pytest.mark.slow
@@ -24,7 +18,7 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path):
     data = make_image_folder(tmp_path / 'data', classes=3, train=8, val=4)
     common = [data, '--model', 'convmlp_s', '--img-size', 32, '-b', 4, '-j', 0, '--output', tmp_path / 'out',
               '--experiment', 'ddp', '--lr', 1e-3, '--warmup-epochs', 0, '--log-interval', 1]
-    env = dict(MASTER_PORT=str(_free_port()), OMP_NUM_THREADS='1')
+    env = dict(MASTER_PORT=str(free_port()), OMP_NUM_THREADS='1')
     first = run(['2', *common, '--epochs', 2], env=env, script='dist_classification.sh')
     assert first.returncode == 0, first.stderr[-3000:]
     rundir = tmp_path / 'out' / 'ddp'

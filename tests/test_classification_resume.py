@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from classification_helpers import TINY_MODEL, kill_after, make_image_folder, run, start, weights_and_ema
+from classification_helpers import TINY_MODEL, assert_same_run, kill_after, make_image_folder, run, start
 
 STEPS = 6  # 3 classes x 8 images / batch 4
 EPOCHS = 3
@@ -44,9 +44,5 @@ def test_sigkill_and_torn_checkpoint_resume_bitwise(tmp_path):
     # tensors and plain values only (weights_only=True loads it, nothing of src/ is named in it): moving
     # src/ modules cannot break a checkpoint written before
     assert torch.serialization.get_unsafe_globals_in_checkpoint(out / 'ref' / 'last.pth.tar') == []
-    ref_w, cut_w = weights_and_ema(out / 'ref' / 'last.pth.tar'), weights_and_ema(out / 'cut' / 'last.pth.tar')
-    assert ref_w.keys() == cut_w.keys()
-    for k in ref_w:
-        assert torch.equal(ref_w[k], cut_w[k]), k
-    assert (out / 'cut' / 'summary.csv').read_text() == (out / 'ref' / 'summary.csv').read_text()
+    assert_same_run(out / 'ref', out / 'cut')
     assert len((out / 'cut' / 'summary.csv').read_text().splitlines()) == EPOCHS + 1

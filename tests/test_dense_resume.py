@@ -19,7 +19,8 @@ import torch
 pytest.importorskip('mmseg')
 pytest.importorskip('mmdet')
 
-from dense_e2e import FPN, ITERS, PY, ROOT, SEG, assert_bitwise_equal, free_port  # noqa: E402
+from dense_e2e import FPN, ITERS, PY, ROOT, SEG, assert_bitwise_equal  # noqa: E402
+from helpers import free_port  # noqa: E402
 from src.mm.checkpoints import load_run_checkpoint  # noqa: E402
 from src.mm.run import main  # noqa: E402
 from src.studies.shapes import make_shapes  # noqa: E402

@@ -4,24 +4,18 @@ interrupted."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 import torch
 
-from classification_helpers import (PY, ROOT, TINY_MODEL, make_image_folder, run, updates_done, wait_for_updates,
-                                    weights_and_ema)
+from classification_helpers import (PY, ROOT, TINY_MODEL, assert_same_run, make_image_folder, run, updates_done,
+                                    wait_for_updates)
+from helpers import free_port
 from src.utils.preemption import EXIT_PREEMPTED
 
 STEPS = 3  # 3 classes x 8 images / 2 processes / batch 4
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _args(data, out, experiment, epochs=3):
@@ -41,10 +35,10 @@ def _launch(args, env):
 def test_sigterm_to_a_two_process_run_saves_within_a_step_and_resumes_bitwise(tmp_path):
     data = make_image_folder(tmp_path / 'data')
     out = tmp_path / 'out'
-    ref = _launch(_args(data, out, 'ref'), dict(MASTER_PORT=str(_free_port())))  # beside the interrupted run
+    ref = _launch(_args(data, out, 'ref'), dict(MASTER_PORT=str(free_port())))  # beside the interrupted run
 
     log = out / 'cut' / 'train.log'
-    proc = _launch(_args(data, out, 'cut'), dict(MASTER_PORT=str(_free_port())))
+    proc = _launch(_args(data, out, 'cut'), dict(MASTER_PORT=str(free_port())))
     wait_for_updates(proc, log, STEPS + 1, STEPS)
     seen = updates_done(log.read_text(), STEPS)
     os.killpg(proc.pid, signal.SIGTERM)  # as Slurm, a spot reclaim or `kill -TERM -PGID` do: every process
@@ -57,15 +51,12 @@ def test_sigterm_to_a_two_process_run_saves_within_a_step_and_resumes_bitwise(tm
     assert re.search(r'stopped by SIGTERM at epoch \d step \d/3: saved .*recovery.pth.tar; run the same command '
                      r'with --resume auto to go on \(exit code 75\)', text), text[-2000:]
 
-    again = run(['2', *_args(data, out, 'cut'), '--resume', 'auto'], env=dict(MASTER_PORT=str(_free_port())),
+    again = run(['2', *_args(data, out, 'cut'), '--resume', 'auto'], env=dict(MASTER_PORT=str(free_port())),
                 script='dist_classification.sh')
     assert again.returncode == 0, again.stderr[-3000:]
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err[-3000:]
-    ref_w, cut_w = weights_and_ema(out / 'ref' / 'last.pth.tar'), weights_and_ema(out / 'cut' / 'last.pth.tar')
-    for k in ref_w:
-        assert torch.equal(ref_w[k], cut_w[k]), k
-    assert (out / 'cut' / 'summary.csv').read_text() == (out / 'ref' / 'summary.csv').read_text()
+    assert_same_run(out / 'ref', out / 'cut')
 
 
 def test_sigusr1_to_one_process_stops_it_with_its_checkpoint(tmp_path):

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from classification_helpers import PY, ROOT, TINY_MODEL, make_image_folder, weights_and_ema
+from classification_helpers import PY, ROOT, TINY_MODEL, assert_same_run, make_image_folder
+from helpers import free_port
 from slurm_cluster import FINAL, slurm_cluster, slurm_two_nodes  # noqa: F401  (fixtures)
 from src.utils.preemption import EXIT_PREEMPTED
 
@@ -28,20 +28,8 @@ def _classification_args(data, out):
                              '--log-interval', 1)]
 
 
-def _run_weights(run_dir: Path) -> dict:
-    return weights_and_ema(run_dir / 'last.pth.tar')
-
-
 def _job_env(**extra):
     return dict(PYTHON=PY, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', **extra)
-
-
-def _assert_same_run(ref: Path, run: Path) -> None:
-    a, b = _run_weights(ref), _run_weights(run)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert (run / 'summary.csv').read_text() == (ref / 'summary.csv').read_text()
 
 
 def _wait_for(path: Path, pattern: str, proc=None, timeout: float = 300) -> str:
@@ -72,7 +60,7 @@ def tiny(tmp_path_factory):
     log = open(root / 'ref.log', 'w')
     proc = subprocess.Popen([str(ROOT / 'dist_classification.sh'), '2', *_classification_args(data, out),
                              '--experiment', 'ref'], cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **_job_env(MASTER_PORT=str(_free_port()))})
+                            env={**os.environ, **_job_env(MASTER_PORT=str(free_port()))})
 
     class Tiny:
         def __init__(self):
@@ -86,13 +74,6 @@ def tiny(tmp_path_factory):
         proc.kill()
     proc.wait()
     log.close()
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 # ---- classification ----------------------------------------------------------------------------------
@@ -118,7 +99,7 @@ def test_sbatch_classification_requeued_mid_epoch_resumes_bitwise(slurm_cluster,
     assert stop and 0 < int(stop.group(1)) < STEPS, text[-3000:]  # inside the epoch
     assert re.search(rf'resuming from \S+: 0 epochs and {stop.group(1)} steps done', text), text[-3000:]
     assert f'slurm_classification.sh: job {j} (restart 1): 2 task(s)' in out and '--resume auto' in out
-    _assert_same_run(tiny.reference(), tiny.out / 'requeued')
+    assert_same_run(tiny.reference(), tiny.out / 'requeued')
 
 
 @pytest.mark.slow
@@ -144,7 +125,7 @@ def test_srun_classification_stopped_by_usr1_exits_75_and_the_same_command_resum
     again = slurm_cluster.run(cmd, env=env, check=False, timeout=600, cwd=tmp_path)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert 'resuming from' in log.read_text()
-    _assert_same_run(tiny.reference(), tiny.out / 'interactive')
+    assert_same_run(tiny.reference(), tiny.out / 'interactive')
 
 
 @pytest.mark.slow
@@ -157,7 +138,7 @@ def test_sbatch_on_two_nodes_trains_as_two_processes_on_one(slurm_two_nodes, tin
     info = c.wait_state(j, FINAL, 300)
     assert info['JobState'] == 'COMPLETED' and info['NodeList'] == 'n[1-2]', (info, job_out.read_text()[-3000:])
     assert 'slurm_classification.sh: job' in job_out.read_text() and '2 task(s) on n[1-2]' in job_out.read_text()
-    _assert_same_run(tiny.reference(), tiny.out / 'two_nodes')
+    assert_same_run(tiny.reference(), tiny.out / 'two_nodes')
 
 
 # ---- segmentation ------------------------------------------------------------------------------------------

@@ -33,9 +33,7 @@ import torch  # noqa: E402
 from src.explain.cam import METHODS, MIN_MAP_SIDE  # noqa: E402
 from src.model_options import add_model_args, load_classifier  # noqa: E402
 from src.utils.errors import UsageError, fail  # noqa: E402
-from src.utils.images import read_images, save_png  # noqa: E402
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
+from src.utils.images import IMAGE_SUFFIXES, image_files, read_images, save_png  # noqa: E402
 
 
 def collect_inputs(inputs: Sequence[str], out: Path) -> List[Tuple[Path, Path]]:
@@ -49,9 +47,9 @@ def collect_inputs(inputs: Sequence[str], out: Path) -> List[Tuple[Path, Path]]:
         if item.is_dir():
             if out.resolve() == item.resolve() or item.resolve() in out.resolve().parents:
                 raise UsageError(f'--out {out} is inside the input folder {item}: choose an --out outside it')
-            files = sorted(p for p in item.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(item)
             if not files:
-                raise UsageError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) in folder {item}')
+                raise UsageError(f'no image files ({", ".join(sorted(IMAGE_SUFFIXES))}) in folder {item}')
             pairs += [(f, out / f.relative_to(item).with_suffix('.png')) for f in files]
         elif item.is_file():
             try:

@@ -11,9 +11,9 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import UsageError
 
-__all__ = ['IMAGE_SUFFIXES', 'FolderImages', 'list_image_folder', 'read_images', 'save_png']
+__all__ = ['IMAGE_SUFFIXES', 'FolderImages', 'image_files', 'list_image_folder', 'read_images', 'save_png']
 
-IMAGE_SUFFIXES = frozenset(['.bmp', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp'])
+IMAGE_SUFFIXES = frozenset(['.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp'])
 
 
 @dataclass
@@ -26,16 +26,20 @@ class FolderImages:
     classes: List[str]
 
 
+def image_files(folder: Union[str, Path]) -> List[Path]:
+    """Every image file (by suffix) in ``folder`` and below it, sorted."""
+    return sorted(p for p in Path(folder).rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def list_image_folder(folder: Union[str, Path]) -> FolderImages:
     """Every image file (by suffix) of ``folder``: directly in it, or in its class sub-folders at any depth
     (an ImageFolder's ``CLASS/IMAGE.png``). :class:`UsageError` for a missing folder or one without images."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f'image folder not found: {folder}')
-    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES  # noqa: E731
-    by_class = {d.name: sorted(p for p in d.rglob('*') if is_image(p)) for d in folder.iterdir() if d.is_dir()}
+    by_class = {d.name: image_files(d) for d in folder.iterdir() if d.is_dir()}
     classes = sorted(name for name, files in by_class.items() if files)
-    paths = sorted(p for p in folder.iterdir() if is_image(p))
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     labels = [-1] * len(paths)
     for index, name in enumerate(classes):
         paths += by_class[name]

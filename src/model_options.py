@@ -1,7 +1,8 @@
 """The command-line options that choose a ConvMLP and its weights, shared by the tools, and the model they
 build: :func:`build_model` for any variant, :func:`load_classifier` for a classifier with its class names
 and its data config (``tools/predict.py`` and the tools that explain or deploy a trained classifier), and
-:func:`preprocess`, the images as that data config says (timm's evaluation transform).
+:func:`eval_transform`, timm's evaluation transform of that data config, with :func:`preprocess`, the
+images through it.
 
 Weights come from the release (default), ``--checkpoint`` (a local file, a URL or a zoo name: a
 ``classification.py`` run's checkpoint, a release file, a ``.safetensors`` file) or ``--random``. Anything
@@ -23,7 +24,7 @@ from .utils.errors import fail
 from .weights import CheckpointError, load_checkpoint_file, load_pretrained, unwrap_state_dict
 
 __all__ = ['parse_size', 'add_model_args', 'build_model', 'Classifier', 'load_classifier', 'class_names',
-           'preprocess']
+           'eval_transform', 'preprocess']
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -165,11 +166,16 @@ def class_names(checkpoint_state: Optional[dict], num_classes: int, source: str)
     return [f'class {i}' for i in range(num_classes)], 'no names known: indices'
 
 
-def preprocess(images: Sequence[np.ndarray], data_cfg: dict) -> torch.Tensor:
-    """RGB uint8 images (H, W, 3), any sizes, as the model's input (N, 3, height, width), float32: timm's
-    evaluation transform of ``data_cfg`` (resize, centre crop by ``crop_pct``, interpolation, mean/std)."""
-    from PIL import Image
+def eval_transform(data_cfg: dict):
+    """timm's evaluation transform of ``data_cfg`` (resize, centre crop by ``crop_pct``, interpolation,
+    mean/std): a ``Compose`` from a PIL image to the model's normalised float32 tensor (3, height, width)."""
     from timm.data import create_transform
-    transform = create_transform(**{k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std',
-                                                               'crop_pct')})
+    return create_transform(**{k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+
+
+def preprocess(images: Sequence[np.ndarray], data_cfg: dict) -> torch.Tensor:
+    """RGB uint8 images (H, W, 3), any sizes, as the model's input (N, 3, height, width), float32:
+    :func:`eval_transform` of ``data_cfg``."""
+    from PIL import Image
+    transform = eval_transform(data_cfg)
     return torch.stack([transform(Image.fromarray(image)) for image in images])

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from src.explain.cam import METHODS, MIN_MAP_SIDE  # noqa: E402
-from src.model_options import add_model_args, load_classifier  # noqa: E402
+from src.model_options import add_model_args, eval_transform, load_classifier  # noqa: E402
 from src.utils.errors import UsageError, fail  # noqa: E402
 from src.utils.images import IMAGE_SUFFIXES, image_files, read_images, save_png  # noqa: E402
 
@@ -69,10 +69,10 @@ def collect_inputs(inputs: Sequence[str], out: Path) -> List[Tuple[Path, Path]]:
 
 
 def eval_views(data_cfg: dict):
-    """(geometry, to_tensor): timm's eval transform of ``data_cfg`` split into the part that resizes and crops
-    (PIL in, PIL out: the image as the model sees it) and the part that makes the normalised tensor."""
-    from timm.data import create_transform
-    tf = create_transform(**{k: data_cfg[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct')})
+    """(geometry, to_tensor): timm's eval transform of ``data_cfg`` (:func:`src.model_options.eval_transform`)
+    split into the part that resizes and crops (PIL in, PIL out: the image as the model sees it) and the part
+    that makes the normalised tensor."""
+    tf = eval_transform(data_cfg)
     cut = next(i for i, t in enumerate(tf.transforms) if 'ToTensor' in type(t).__name__)
     geometry, tensor = tf.transforms[:cut], tf.transforms[cut:]
 

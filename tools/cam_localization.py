@@ -12,7 +12,6 @@ Bad input (no masks, a checkpoint whose input size is not the crops') is one lin
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from src.utils.errors import UsageError, fail  # noqa: E402
+from src.utils.precision import cpu_name  # noqa: E402
 
 LAYERS = 'tokenizer,conv_stage,stage1,stage2,stage3,norm'
 METHODS = 'gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam'
@@ -30,16 +30,6 @@ METHODS = 'gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam'
 FIGURE_ROWS = ('trained:gradcam:stage3,trained:gradcam:conv_stage,trained:gradcam++:conv_stage,'
                'trained:layercam:conv_stage,trained:gradcam:stage1,trained:eigencam:conv_stage,random:gradcam:conv_stage')
 START, END = '<!-- cam_localization:start -->', '<!-- cam_localization:end -->'
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(result: dict):

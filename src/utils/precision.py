@@ -7,7 +7,7 @@ fp32. So ``--amp`` (and the README's inference recipe) asks :func:`amp_dtype`, w
 precision dtype where it is native and ``None`` (plain fp32) where it is emulated, saying so once.
 ``CONVMLP_CPU_AMP=force`` uses the requested dtype anyway. On CUDA nothing changes: fp16 unless asked
 otherwise. :func:`cpu_int8` says the same for int8 inference: whether the CPU has VNNI or AMX, the
-instructions int8 kernels need to beat fp32 by much.
+instructions int8 kernels need to beat fp32 by much. :func:`cpu_name` is the CPU's model name.
 
 Importable without timm or OpenMMLab.
 """
@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import sys
 from pathlib import Path
 from typing import Callable, ContextManager, FrozenSet, Optional, Set
 
 import torch
 
-__all__ = ['FORCE_ENV', 'cpu_features', 'cpu_native', 'cpu_isa', 'cpu_int8', 'amp_dtype', 'autocast']
+__all__ = ['FORCE_ENV', 'cpu_features', 'cpu_name', 'cpu_native', 'cpu_isa', 'cpu_int8', 'amp_dtype', 'autocast']
 
 FORCE_ENV = 'CONVMLP_CPU_AMP'
 # features (torch.cpu.get_capabilities() keys, which are also /proc/cpuinfo's flag names on Linux) that
@@ -38,6 +39,20 @@ SHORT = {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'fp32'}
 _warned: Set[str] = set()
 
 
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The value of the first line of ``/proc/cpuinfo`` whose key is one of ``keys``; None without such a
+    line (or without the file: not Linux)."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(':')
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
 @functools.lru_cache(None)
 def cpu_features() -> FrozenSet[str]:
     """The instruction-set features this CPU has: from torch's cpuinfo query
@@ -45,15 +60,14 @@ def cpu_features() -> FrozenSet[str]:
     get = getattr(torch.cpu, 'get_capabilities', None)
     if get is not None:
         return frozenset(k for k, v in get().items() if v is True)
-    try:
-        text = Path('/proc/cpuinfo').read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(':')
-        if key.strip() in ('flags', 'Features'):  # x86, Arm
-            return frozenset(value.split())
-    return frozenset()
+    return frozenset((_cpuinfo(('flags', 'Features')) or '').split())  # x86, Arm
+
+
+def cpu_name() -> str:
+    """The CPU's model name for speed figures: ``/proc/cpuinfo``'s ``model name``, else
+    ``platform.processor()`` or ``platform.machine()``."""
+    name = _cpuinfo(('model name',))
+    return name if name is not None else platform.processor() or platform.machine()
 
 
 def cpu_native(dtype: torch.dtype = torch.bfloat16) -> bool:

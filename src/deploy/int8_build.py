@@ -22,6 +22,7 @@ from torch import nn
 from ..model_options import preprocess
 from ..utils.errors import UsageError
 from ..utils.images import FolderImages, read_images
+from ..utils.markdown import table
 from .export import onnx_bytes, onnx_session, output_names
 from .fidelity import compare_sessions
 from .quantize import KEEP_FP32_ORDER, KEEP_FP32_WHY, QuantizedModel, Recipe, op_summary, prepare, quantize
@@ -191,13 +192,14 @@ def report_markdown(report: dict) -> str:
              + (', '.join(build['fp32_nodes']) or 'no node'),
              f"- why: {build['why']}",
              '- int8 nodes: ' + ', '.join(f'{k} {v}' for k, v in build['ops']['int8'].items()),
-             '- fp32 nodes: ' + ', '.join(f'{k} {v}' for k, v in build['ops']['fp32'].items()), '',
-             '| kept in fp32 | nodes | check: ' + ('worst mean cosine' if report['dense'] else 'top-1 agreement %')
-             + ' | meets target |', '|---|---:|---:|---|']
+             '- fp32 nodes: ' + ', '.join(f'{k} {v}' for k, v in build['ops']['fp32'].items()), '']
+    rows = []
     for a in build['attempts']:
         value = '-' if a['check'] is None else (f"{a['check']['worst_mean_cosine']:.4f}" if report['dense']
                                                  else f"{a['check']['top1_agreement']:.2f}")
-        lines.append(f"| {a['keep_fp32']} | {len(a['fp32_nodes'])} | {value} | {'yes' if a['meets_target'] else 'no'} |")
+        rows.append([a['keep_fp32'], len(a['fp32_nodes']), value, 'yes' if a['meets_target'] else 'no'])
+    check = 'check: ' + ('worst mean cosine' if report['dense'] else 'top-1 agreement %')
+    lines.append(table(['kept in fp32', 'nodes', check, 'meets target'], rows, align='-rr-'))
     evaluation = report.get('evaluation')
     if evaluation:
         lines += ['', f"Held-out evaluation on {evaluation['folder']} ({evaluation['result']['images']} images; "
@@ -208,14 +210,15 @@ def report_markdown(report: dict) -> str:
 def fidelity_table(result: dict) -> str:
     """A :meth:`~src.deploy.fidelity.Fidelity.result` as a Markdown table."""
     if 'cosine' in result:
-        rows = [f"| {name} | {c['mean']:.5f} | {c['min']:.5f} |" for name, c in result['cosine'].items()]
-        return '\n'.join(['| map | cosine mean | cosine min |', '|---|---:|---:|'] + rows)
-    top1 = (f"{result['top1_fp32']:.2f} | {result['top1_int8']:.2f} | {result['top1_int8'] - result['top1_fp32']:+.2f}"
-            if 'top1_fp32' in result else '- | - | -')
-    return '\n'.join(['| images | top-1 fp32 | top-1 int8 | difference | top-1 agreement % | largest logit diff | '
-                      'mean logit diff | fp32 logit range |', '|---:|---:|---:|---:|---:|---:|---:|---:|',
-                      f"| {result['images']} | {top1} | {result['top1_agreement']:.2f} | {result['max_logit_diff']:.3f} "
-                      f"| {result['mean_logit_diff']:.4f} | {result['logit_range']:.2f} |"])
+        return table(['map', 'cosine mean', 'cosine min'],
+                     [[name, f"{c['mean']:.5f}", f"{c['min']:.5f}"] for name, c in result['cosine'].items()],
+                     align='-rr')
+    top1 = ([f"{result['top1_fp32']:.2f}", f"{result['top1_int8']:.2f}",
+             f"{result['top1_int8'] - result['top1_fp32']:+.2f}"] if 'top1_fp32' in result else ['-'] * 3)
+    return table(['images', 'top-1 fp32', 'top-1 int8', 'difference', 'top-1 agreement %', 'largest logit diff',
+                  'mean logit diff', 'fp32 logit range'],
+                 [[result['images'], *top1, f"{result['top1_agreement']:.2f}", f"{result['max_logit_diff']:.3f}",
+                   f"{result['mean_logit_diff']:.4f}", f"{result['logit_range']:.2f}"]], align='r' * 8)
 
 
 def build_summary(build: Int8Build, keep_fp32: str, min_agreement: float, min_cosine: float) -> Dict[str, object]:

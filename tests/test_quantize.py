@@ -15,7 +15,7 @@ from conftest import ROOT
 from helpers import load_tool, randomize_norms
 from src.convmlp import convmlp_m, convmlp_s, convmlp_s_pure_mlp
 from src.deploy import quantize as q
-from src.deploy.export import onnx_bytes
+from src.deploy.export import onnx_bytes, onnx_session
 from src.deploy.fidelity import Fidelity
 from src.deploy.int8_build import check_disjoint, held_out_labels, split_calibration
 from src.utils.errors import UsageError
@@ -49,7 +49,6 @@ def digits_run(tmp_path_factory):
 def test_trained_digits_model_quantized_end_to_end(digits_run, tmp_path, capsys):
     """The default recipe on the demo's model: the int8 file loads in ONNX Runtime with dynamic batch, agrees
     with fp32 on the held-out digits above MIN_HELD_OUT_AGREEMENT, and the reports say what was done."""
-    import onnxruntime as ort
     data, checkpoint = digits_run
     out = tmp_path / 'exports' / 'digits_int8.onnx'
     assert quantize_tool.main(['--checkpoint', str(checkpoint), '--calibration-dir', str(data / 'train'),
@@ -58,7 +57,7 @@ def test_trained_digits_model_quantized_end_to_end(digits_run, tmp_path, capsys)
     stdout = capsys.readouterr().out
     assert sorted(p.name for p in out.parent.iterdir()) == ['digits_int8.onnx', 'digits_int8.report.json',
                                                            'digits_int8.report.md']
-    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    session = onnx_session(str(out))
     assert [o.name for o in session.get_outputs()] == ['logits']
     for batch in (1, 5):
         logits = session.run(None, {'image': np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32)})[0]
@@ -89,13 +88,12 @@ def test_trained_digits_model_quantized_end_to_end(digits_run, tmp_path, capsys)
 @pytest.mark.slow
 def test_headless_backbone_quantized(digits_run, tmp_path, capsys):
     """--headless: the four dense maps out, each within MIN_DENSE_COSINE of fp32 on the held-out digits."""
-    import onnxruntime as ort
     data, checkpoint = digits_run
     out = tmp_path / 'features_int8.onnx'
     assert quantize_tool.main(['--checkpoint', str(checkpoint), '--headless', '--calibration-dir',
                                str(data / 'train'), '--calibration-images', '64', '--check-images', '64',
                                '--eval-dir', str(data / 'validation'), '--out', str(out)]) == 0
-    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    session = onnx_session(str(out))
     maps = session.run(None, {'image': np.zeros((2, 3, 64, 96), np.float32)})
     assert [o.name for o in session.get_outputs()] == ['feature_s4', 'feature_s8', 'feature_s16', 'feature_s32']
     assert [m.shape for m in maps] == [(2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6), (2, 512, 2, 3)]

@@ -14,7 +14,7 @@ from conftest import ROOT
 from helpers import load_tool
 from src import zoo
 from src.convmlp import ConvMLP, convmlp_s
-from src.deploy.export import onnx_bytes, onnx_max_diff, torchscript_bytes
+from src.deploy.export import onnx_bytes, onnx_max_diff, onnx_session, torchscript_bytes
 from src.perf.flops import count_macs
 
 
@@ -171,7 +171,6 @@ def test_torchscript_equals_eager():
 def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
     """tools/export.py with a local checkpoint, BatchNorm fused, feature maps out: both files written, and
     both reproduce the unfused eager model."""
-    import onnxruntime as ort
     model = convmlp_s(classifier_head=False).eval()
     for m in model.modules():  # non-trivial BatchNorm statistics, so folding them is tested
         if isinstance(m, nn.BatchNorm2d):
@@ -189,8 +188,7 @@ def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
         want = [t.numpy() for t in model.forward_dense(x)]
         traced = torch.jit.load(str(out_dir / 'convmlp_s_fused_features.ts.pt'))
         got_ts = [t.numpy() for t in traced(x)]
-    session = ort.InferenceSession(str(out_dir / 'convmlp_s_fused_features.onnx'),
-                                   providers=['CPUExecutionProvider'])
+    session = onnx_session(str(out_dir / 'convmlp_s_fused_features.onnx'))
     got_onnx = session.run(None, {'image': x.numpy()})
     assert [o.name for o in session.get_outputs()] == ['feature_s4', 'feature_s8', 'feature_s16', 'feature_s32']
     for got in (got_ts, got_onnx):

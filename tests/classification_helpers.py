@@ -4,11 +4,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from helpers import wait_for_log
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -53,8 +54,7 @@ def updates_done(log_text: str, per_epoch: int) -> int:
 
 def wait_for_updates(proc: subprocess.Popen, log: Path, updates: int, per_epoch: int) -> None:
     """Return once ``proc``'s train.log ``log`` reports ``updates`` updates (or ``proc`` has ended)."""
-    while proc.poll() is None and not (log.is_file() and updates_done(log.read_text(), per_epoch) >= updates):
-        time.sleep(0.005)
+    wait_for_log(log, lambda text: updates_done(text, per_epoch) >= updates, proc, poll=0.005)
 
 
 def kill_after(proc: subprocess.Popen, log: Path, updates: int, per_epoch: int) -> None:

@@ -1,7 +1,11 @@
 """Helpers shared by the tests: the tools as modules, models whose norms are not at their initial values, a free
-port for a rendezvous."""
+port for a rendezvous, waiting for a running process's log to show something."""
 import importlib.util
 import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -38,3 +42,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def wait_for_log(log: Path, done: Callable[[str], object], proc: Optional[subprocess.Popen] = None,
+                 timeout: Optional[float] = None, poll: float = 0.01, what: str = 'what was waited for',
+                 must_run: bool = False) -> Optional[str]:
+    """Read the file ``log`` ('' while it does not exist) every ``poll`` seconds until ``done(text)`` is true,
+    and return that text. If ``proc`` (when given) ends first: None (what that means is the caller's to say),
+    or with ``must_run`` an AssertionError ``ended before WHAT: <the log's last 3000 characters>``. After
+    ``timeout`` seconds (None: no limit) an AssertionError ``no WHAT in LOG after TIMEOUT s``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        text = log.read_text(errors='replace') if log.is_file() else ''
+        if done(text):
+            return text
+        if proc is not None and proc.poll() is not None:
+            assert not must_run, f'ended before {what}: {text[-3000:]}'
+            return None
+        time.sleep(poll)
+    raise AssertionError(f'no {what} in {log} after {timeout} s')

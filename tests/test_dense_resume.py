@@ -10,7 +10,6 @@ import random
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ pytest.importorskip('mmseg')
 pytest.importorskip('mmdet')
 
 from dense_e2e import FPN, ITERS, PY, ROOT, SEG, assert_bitwise_equal  # noqa: E402
-from helpers import free_port  # noqa: E402
+from helpers import free_port, wait_for_log  # noqa: E402
 from src.mm.checkpoints import load_run_checkpoint  # noqa: E402
 from src.mm.run import main  # noqa: E402
 from src.studies.shapes import make_shapes  # noqa: E402
@@ -82,8 +81,7 @@ def _process_tree(pid: int) -> list:
 
 def _kill_when(proc, log, text: str) -> None:
     """SIGKILL ``proc`` and every process it started as soon as ``text`` appears in its log."""
-    while proc.poll() is None and text not in log.read_text(errors='replace'):
-        time.sleep(0.01)
+    wait_for_log(log, lambda logged: text in logged, proc)
     for pid in _process_tree(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -207,8 +205,7 @@ def test_resume_places_a_preempted_checkpoint_by_where_it_stood(tmp_path, by_epo
 def _stop_when(proc, log, pattern: str, send) -> int:
     """Once ``pattern`` (a regex with one group: an iteration) is in ``log``, ``send()`` the signal; returns the
     last iteration the log had shown by then."""
-    while proc.poll() is None and not re.search(pattern, log.read_text(errors='replace')):
-        time.sleep(0.01)
+    wait_for_log(log, lambda text: re.search(pattern, text), proc)
     seen = max(int(i) for i in re.findall(pattern, log.read_text(errors='replace')))
     send()
     assert proc.wait(timeout=600) == EXIT_PREEMPTED, log.read_text()[-6000:]

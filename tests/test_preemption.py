@@ -5,14 +5,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
 from classification_helpers import (PY, ROOT, TINY_MODEL, assert_same_run, make_image_folder, run, updates_done,
                                     wait_for_updates)
-from helpers import free_port
+from helpers import free_port, wait_for_log
 from src.utils.preemption import EXIT_PREEMPTED
 
 STEPS = 3  # 3 classes x 8 images / 2 processes / batch 4
@@ -66,8 +65,7 @@ def test_sigusr1_to_one_process_stops_it_with_its_checkpoint(tmp_path):
     proc = subprocess.Popen([PY, str(ROOT / 'classification.py'), *map(str, _args(data, out, 'one', epochs=50))],
                             cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None and not (log.is_file() and 'step 2/' in log.read_text()):
-        time.sleep(0.005)
+    wait_for_log(log, lambda text: 'step 2/' in text, proc, poll=0.005)
     proc.send_signal(signal.SIGUSR1)  # Slurm's --signal=USR1@T warning before the time limit
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]

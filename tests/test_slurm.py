@@ -6,13 +6,12 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from classification_helpers import PY, ROOT, TINY_MODEL, assert_same_run, make_image_folder
-from helpers import free_port
+from helpers import free_port, wait_for_log
 from slurm_cluster import FINAL, slurm_cluster, slurm_two_nodes  # noqa: F401  (fixtures)
 from src.utils.preemption import EXIT_PREEMPTED
 
@@ -33,15 +32,9 @@ def _job_env(**extra):
 
 
 def _wait_for(path: Path, pattern: str, proc=None, timeout: float = 300) -> str:
-    """The text of ``path`` once ``pattern`` (a regex) is in it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = path.read_text(errors='replace') if path.is_file() else ''
-        if re.search(pattern, text):
-            return text
-        assert proc is None or proc.poll() is None, f'ended before {pattern!r}: {text[-3000:]}'
-        time.sleep(0.02)
-    raise AssertionError(f'no {pattern!r} in {path} after {timeout} s')
+    """The text of ``path`` once ``pattern`` (a regex) is in it; AssertionError if ``proc`` ends first."""
+    return wait_for_log(path, lambda text: re.search(pattern, text), proc, timeout, poll=0.02, what=repr(pattern),
+                        must_run=True)
 
 
 def _one_error_line(text: str, prog: str) -> str:

@@ -278,16 +278,20 @@ def test_benchmark_tool_smoke(tmp_path):
     report = json.loads((tmp_path / 'benchmark.json').read_text())
     labels = [r['label'] for r in report['rows']]
     assert labels == ['baseline (release)', 'fp32 eager fused', 'fp32 onnxruntime fused',
-                      'int8 onnxruntime fused (first_conv in fp32)', 'fp32 fused matrix products alone (floor)']
+                      'int8 onnxruntime fused (first_conv in fp32)', 'int8 pt2e compiled fused (first_conv in fp32)',
+                      'fp32 fused matrix products alone (floor)']
     assert report['rows'][0]['x_baseline'] == 1.0
-    assert [r['malloc_kept'] for r in report['rows']] == [False, True, True, True, True]
-    *steps, onnx, int8, floor = report['rows']
+    assert [r['malloc_kept'] for r in report['rows']] == [False, True, True, True, True, True]
+    *steps, onnx, int8, pt2e, floor = report['rows']
     assert all(r['images_per_s'] > 0 and r['gflops'] > 0 and r['tensor_mib'] > 0 and r['rss_mib'] == r['rss_mib']
                for r in steps)
     assert all(r['loadavg'] >= 0 for r in report['rows'])
-    assert onnx['images_per_s'] > 0 and onnx['onnx_max_abs_diff'] < 1e-4 and onnx['onnx_top1_agreement'] == 1.0
+    assert onnx['images_per_s'] > 0 and onnx['max_abs_diff'] < 1e-4 and onnx['top1_agreement'] == 1.0
     assert int8['images_per_s'] > 0 and int8['int8_nodes'] == 52 and len(int8['fp32_nodes']) == 1  # 19 convs, 32 MLP linears, head
-    [speedup] = report['int8_speedups']
+    assert pt2e['images_per_s'] > 0 and pt2e['int8_nodes'] == 52 and pt2e['fp32_nodes'] == ['tokenizer.block.0']
+    assert pt2e['top1_agreement'] == 1.0 and pt2e['compile_s'] > 0  # compiled in the build, not in a timed step
+    speedup, pt2e_speedup = report['int8_speedups']
+    assert pt2e_speedup['label'] == pt2e['label'] and pt2e_speedup['fp32_label'] == speedup['fp32_label']
     faster = max((r for r in report['rows'] if r['label'] in ('fp32 eager fused', 'fp32 onnxruntime fused')),
                  key=lambda r: r['images_per_s'])
     assert speedup['fp32_label'] == faster['label'] and speedup['speedup'] == int8['images_per_s'] / faster['images_per_s']
@@ -309,12 +313,13 @@ def test_benchmark_matrix_rows():
     """The rows of a benchmark run, in order: the allocator rows beside the baseline and the fast path (the
     smoke run above leaves them out to save two processes), ONNX Runtime fp32 and int8, the floor."""
     from src.perf import benchmark as bench
-    rows = bench.matrix(['convmlp_s'], ['infer'], ['fp32'], [False], [True], 1, 32, int8_keep_fp32=['first_conv'])
+    rows = bench.matrix(['convmlp_s'], ['infer'], ['fp32'], [False], [True], 1, 32, int8_keep_fp32=['first_conv'],
+                        int8_backends=['onnxruntime', 'pt2e'])
     assert [(r.label, r.malloc) for r in rows] == [
         ('baseline (release)', 'system'), ('baseline (release) + keep malloc', 'keep'),
         ('fp32 eager fused system malloc', 'system'), ('fp32 eager fused', 'keep'),
         ('fp32 onnxruntime fused', 'keep'), ('int8 onnxruntime fused (first_conv in fp32)', 'keep'),
-        ('fp32 fused matrix products alone (floor)', 'keep')]
+        ('int8 pt2e compiled fused (first_conv in fp32)', 'keep'), ('fp32 fused matrix products alone (floor)', 'keep')]
 
 
 def test_benchmark_rounds_keep_each_rows_fastest_round(monkeypatch):

@@ -105,11 +105,62 @@ def test_headless_backbone_quantized(digits_run, tmp_path, capsys):
     assert 'cosine' in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path):
+    """--backend pt2e on the demo's model: a torch.export program that loads back (dynamic batch), runs
+    compiled by inductor as oneDNN int8 kernels, and agrees with fp32 on the held-out digits as the ONNX path
+    must; every channel-MLP linear and conv but the first is int8."""
+    from src.deploy import pt2e
+    data, checkpoint = digits_run
+    out = tmp_path / 'digits_int8.pt2'
+    assert quantize_tool.main(['--checkpoint', str(checkpoint), '--backend', 'pt2e', '--calibration-dir',
+                               str(data / 'train'), '--calibration-images', '128', '--check-images', '128',
+                               '--eval-dir', str(data / 'validation'), '--out', str(out)]) == 0
+    report = json.loads(out.with_name('digits_int8.report.json').read_text())
+    held_out = report['evaluation']['result']
+    print(f"pt2e held-out: top-1 fp32 {held_out['top1_fp32']:.2f}, int8 {held_out['top1_int8']:.2f}, agreement "
+          f"{held_out['top1_agreement']:.2f}%", file=sys.stderr)
+    assert held_out['images'] == 360 and held_out['top1_agreement'] >= MIN_HELD_OUT_AGREEMENT
+    assert abs(held_out['top1_int8'] - held_out['top1_fp32']) <= MAX_TOP1_CHANGE and held_out['top1_fp32'] > 80
+    build = report['build']
+    assert build['backend'] == 'pt2e' and build['fp32_nodes'] == ['tokenizer.block.0']
+    assert build['ops'] == {'int8': {'conv2d': 19, 'linear': 33}, 'fp32': {'conv2d': 1}}  # + 32 MLP linears, head
+    assert 'torchao' in report['versions'] and report['files']['int8_mib'] < report['files']['fp32_mib'] / 3
+
+    graph = pt2e.load(out.read_bytes())
+    images = torch.from_numpy(np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        reference = graph(images)                       # the quantized graph as saved, uncompiled
+        assert graph(images[:1]).shape == (1, 10)       # dynamic batch
+        compiled = pt2e.compile_int8(graph)(images)     # oneDNN int8 kernels
+    assert compiled.shape == (5, 10)
+    assert (compiled - reference).abs().max() < 0.05 * (reference.max() - reference.min())
+
+
 # ---- the pieces ------------------------------------------------------------------------------------
 
 def _prepared(model, dense=False, size=64):
     return onnx.load_from_string(q.prepare(onnx_bytes(model.eval().fuse(), torch.randn(2, 3, size, size),
                                                       dense=dense)).onnx)
+
+
+def test_flat_mlps_keep_outputs_and_keys():
+    """PT2E's export copy: every channel MLP on a flat (B*H*W, C) view computes what the model's does, with the
+    release's state-dict keys; the module groups kept in fp32 follow the architecture."""
+    from src.deploy import pt2e
+    from src.deploy.export import exported_module
+    model = randomize_norms(convmlp_s()).eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        expected = model(x)
+        keys = list(model.state_dict())
+        flat = pt2e.flat_mlps(model)
+        assert flat is model and list(flat.state_dict()) == keys
+        assert sum(type(m) is pt2e.FlatMlp for m in flat.modules()) == 16  # 8 blocks, 2 MLPs each
+        torch.testing.assert_close(flat(x), expected, rtol=1e-5, atol=1e-5)
+    assert pt2e.fp32_modules(model, 'first_conv') == ['tokenizer.block.0']
+    assert pt2e.fp32_modules(model, 'stem') == ['tokenizer', 'conv_stages']
+    assert pt2e.fp32_modules(exported_module(model, dense=True), 'tokenizer') == ['model.tokenizer']
 
 
 def test_node_groups_follow_the_architecture():
@@ -204,6 +255,8 @@ BAD = {
                              'not_a_folder/int8.onnx'], 'is not a writable folder'),
     'output not .onnx': (['--checkpoint', 's.pth', '--calibration-dir', 'data/train', '--out', 'out/int8.bin'],
                          'ending in .onnx'),
+    'pt2e output not .pt2': (['--checkpoint', 's.pth', '--backend', 'pt2e', '--calibration-dir', 'data/train',
+                              '--out', 'out/int8.onnx'], 'of --backend pt2e needs a file name ending in .pt2'),
     'negative count': (['--checkpoint', 's.pth', '--calibration-dir', 'data/train', '--calibration-images', '0'],
                        '--calibration-images must be >= 1'),
 }

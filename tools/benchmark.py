@@ -13,8 +13,10 @@ The "matrix products alone (floor)" rows count only the time the fast path's ste
 and matrix multiplies: their ratio to the baseline is the most that faster elementwise work could reach.
 The "onnxruntime" row runs the exported ONNX model (src/deploy/export.py) under ONNX Runtime on the same batch, with
 its parity to the eager model (max abs difference of the logits, top-1 agreement) below the table; the "int8
-onnxruntime" rows run it quantized as tools/quantize.py does (one row per --int8-keep-fp32 group), and below the
-table each one's speed-up over the faster fp32 inference path of the run (eager fused or ONNX Runtime).
+onnxruntime" rows run it quantized as tools/quantize.py does (one row per --int8-keep-fp32 group), the "int8 pt2e
+compiled" rows the model quantized by PT2E and compiled by inductor as tools/quantize.py --backend pt2e does
+(compilation untimed), and below the table each int8 row's speed-up over the faster fp32 inference path of the
+run (eager fused or ONNX Runtime).
 The output starts with the CPU's instruction set and its int8 instructions (VNNI, AMX); rows in a dtype the CPU
 only emulates (bf16 without AVX512-BF16 / AMX) are marked "emulated". Every row gives the load average when it
 was timed: on a shared machine compare rows of one run only.
@@ -54,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--int8-keep-fp32', nargs='*', default=['first_conv', 'tokenizer'], choices=KEEP_FP32_ORDER,
                    metavar='GROUP', help='CPU, with the onnx rows: an int8 ONNX Runtime row per group of convolutions '
                    f'left in fp32 ({", ".join(KEEP_FP32_ORDER)}; default first_conv tokenizer; none given: no int8 row)')
+    p.add_argument('--int8-backends', nargs='+', default=['onnxruntime', 'pt2e'], choices=['onnxruntime', 'pt2e'],
+                   help='CPU, with the onnx rows: the int8 paths timed for each --int8-keep-fp32 group (default both: '
+                        "ONNX Runtime's int8 model, and PT2E compiled by inductor as tools/quantize.py --backend pt2e)")
     p.add_argument('--floor-rows', action=argparse.BooleanOptionalAction, default=True,
                    help="rows with the time of the fast path's matrix products alone (timed inside its step): "
                         'the most any change to the non-product work could give')
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
 
     configs = bench.matrix(models, args.modes, args.dtypes, BOTH[args.compile], BOTH[args.fuse],
                            args.batch, args.res, args.device, args.malloc_rows and args.device == 'cpu',
-                           args.floor_rows, args.onnx_rows, args.int8_keep_fp32)
+                           args.floor_rows, args.onnx_rows, args.int8_keep_fp32, args.int8_backends)
     if args.ckpt_batch and 'train' in args.modes:
         configs += bench.checkpointing_configs(models[0], args.ckpt_batch, args.res, args.device)
     main_rows = run_all(configs, args)
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
              '', bench.markdown_table(main_rows, emulated), '']
     lines += [f"{r['config']['model']} {r['label']} (ONNX Runtime {r['onnxruntime']}) against the eager fp32 model on "
               f"the same batch ({r['config']['batch']} at {r['config']['res']} px): max abs diff of logits "
-              f"{r['onnx_max_abs_diff']:.2e}, top-1 agreement {100 * r['onnx_top1_agreement']:.1f}%"
+              f"{r['max_abs_diff']:.2e}, top-1 agreement {100 * r['top1_agreement']:.1f}%"
               for r in main_rows if r['config']['path'] == 'onnx' and r['config']['dtype'] == 'fp32' and 'error' not in r]
     lines += [f"{u['model']} {u['label']}, batch {u['batch']} at {u['res']} px: {u['images_per_s']:.2f} img/s, "
               f"{u['speedup']:.2f}x the faster fp32 path ({u['fp32_label']}, {u['fp32_images_per_s']:.2f} img/s; "

@@ -1,11 +1,14 @@
-"""A ConvMLP classifier to an int8 ONNX model (static quantization with ONNX Runtime's quantizer, calibrated
-on images of a folder), checked against fp32 and evaluated on held-out images.
+"""A ConvMLP classifier to an int8 model (static quantization, calibrated on images of a folder), checked
+against fp32 and evaluated on held-out images: an ONNX model by ONNX Runtime's quantizer (default), or with
+--backend pt2e a torch.export program by PyTorch's own PT2E path (torchao's x86 inductor quantizer; run
+compiled by inductor, faster on x86 CPUs: docs/deployment.md).
 
     python tools/quantize.py --checkpoint output/demo_digits/best.pth.tar --calibration-dir data/digits/train \\
         --eval-dir data/digits/validation --out exports/digits_int8.onnx
     python tools/quantize.py --model convmlp_s --calibration-dir imagenet/train --eval-dir imagenet/val \\
         --calibration-images 512 --out exports/convmlp_s_int8.onnx      # the release's ImageNet weights
     python tools/quantize.py --checkpoint RUN/best.pth.tar --headless --calibration-dir ... --out x.onnx
+    python tools/quantize.py --checkpoint RUN/best.pth.tar --backend pt2e --calibration-dir ... --out x.pt2
 
 Weights: a classification.py run's checkpoint (its architecture, classes and data config), a release file,
 or a zoo name. The calibration images are a seeded sample of --calibration-dir (an ImageFolder's training
@@ -32,7 +35,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.deploy.int8_build import (AUTO, build_int8, build_summary, check_disjoint, evaluate,  # noqa: E402
+from src.deploy.int8_build import (AUTO, BACKENDS, build_int8, build_summary, check_disjoint, evaluate,  # noqa: E402
                                    fidelity_table, held_out_labels, report_markdown, split_calibration)
 from src.deploy.quantize import KEEP_FP32_ORDER, Recipe  # noqa: E402
 from src.model_options import add_model_args, load_classifier  # noqa: E402
@@ -68,8 +71,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                    help="calibrate each activation's range as a moving average of the batches' min/max (EMA 0.01) "
                         'instead of the min/max over all calibration images')
     p.add_argument('--seed', type=int, default=0, help='of the calibration and check samples')
-    p.add_argument('--threads', type=int, help="ONNX Runtime's threads (default: one per core)")
-    p.add_argument('--out', type=Path, help='the int8 model (default exports/MODEL[_features]_int8.onnx)')
+    p.add_argument('--backend', choices=BACKENDS, default='onnxruntime',
+                   help="onnxruntime (default: ONNX Runtime's quantizer, an .onnx file any ONNX runtime loads) or "
+                        "pt2e (PyTorch's own: torchao's x86 inductor quantizer, a torch.export .pt2 program run "
+                        "compiled by inductor; faster on x86, needs torch + torchao + a C++ compiler to run)")
+    p.add_argument('--threads', type=int, help="threads of the runs (default: one per core)")
+    p.add_argument('--out', type=Path, help='the int8 model (default exports/MODEL[_features]_int8.onnx, with '
+                   '--backend pt2e .pt2)')
     p.add_argument('--overwrite', action='store_true', help='replace OUT and its reports if they exist')
     args = p.parse_args(argv)
     for name in ('calibration_images', 'threads'):
@@ -86,15 +94,19 @@ def outputs(out: Path) -> dict:
     return dict(int8=out, json=stem.with_name(stem.name + '.report.json'), md=stem.with_name(stem.name + '.report.md'))
 
 
-def check_writable(out: Path, overwrite: bool) -> None:
-    """UsageError, before any work, if ``out`` is no .onnx file name, or it or a report exists (without
-    ``overwrite``), or its folder cannot be written."""
-    if out.suffix != '.onnx':
-        raise UsageError(f'--out {out}: the int8 model needs a file name ending in .onnx')
+SUFFIX = {'onnxruntime': '.onnx', 'pt2e': '.pt2'}
+
+
+def check_writable(out: Path, overwrite: bool, backend: str = 'onnxruntime') -> None:
+    """UsageError, before any work, if ``out`` is no .onnx file name (.pt2 for ``backend`` pt2e), or it or a
+    report exists (without ``overwrite``), or its folder cannot be written."""
+    suffix = SUFFIX[backend]
+    if out.suffix != suffix:
+        raise UsageError(f'--out {out}: the int8 model of --backend {backend} needs a file name ending in {suffix}')
     files = outputs(out)
     for path in files.values():
         if path.is_dir():
-            raise UsageError(f'{path} is a folder: give the int8 model a file name ending in .onnx')
+            raise UsageError(f'{path} is a folder: give the int8 model a file name ending in {suffix}')
         if path.exists() and not overwrite:
             raise UsageError(f'{path} exists: pass --overwrite to replace it, or choose another --out')
     parent = files['int8'].parent
@@ -108,15 +120,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         if args.out:
-            check_writable(args.out, args.overwrite)
+            check_writable(args.out, args.overwrite, args.backend)
         calibration_folder = list_image_folder(args.calibration_dir)
         held_out = list_image_folder(args.eval_dir) if args.eval_dir else None
         if held_out is not None:
             check_disjoint(calibration_folder, held_out)
         split = split_calibration(calibration_folder, args.calibration_images, args.check_images, args.seed)
         clf = load_classifier(args, use_ema=args.use_ema)
-        out = args.out or Path('exports') / f"{args.model}{'_features' * args.headless}_int8.onnx"
-        check_writable(out, args.overwrite)
+        out = args.out or Path('exports') / f"{args.model}{'_features' * args.headless}_int8{SUFFIX[args.backend]}"
+        check_writable(out, args.overwrite, args.backend)
     except UsageError as e:
         fail(e)
     files = outputs(out)
@@ -127,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'checking on {len(split.check)} others', flush=True)
     build = build_int8(clf.model, clf.data_cfg, split, args.keep_fp32, args.headless, args.min_agreement,
                        args.min_cosine, Recipe(moving_average=args.moving_average), args.threads,
-                       log=lambda line: print(line, flush=True))
+                       log=lambda line: print(line, flush=True), backend=args.backend)
     if args.keep_fp32 == AUTO and split.check and not build.met_target:
         report('int8 misses the target on the check slice even with the whole stem in fp32 (see above); nothing '
                'written: lower --min-agreement/--min-cosine or choose --keep-fp32 to write it anyway')
@@ -136,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluation = None
     if held_out is not None:
         labels, how = (None, 'dense maps: labels not used') if args.headless else held_out_labels(held_out, clf.names)
-        result = evaluate(build, held_out.paths, clf.data_cfg, labels, args.threads)
+        result = evaluate(build, held_out.paths, clf.data_cfg, labels)
         evaluation = dict(folder=str(args.eval_dir), labels=how, result=result)
 
     cfg = {k: clf.data_cfg[k] for k in ('input_size', 'interpolation', 'crop_pct', 'mean', 'std')}
@@ -145,15 +157,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model=dict(arch=args.model, weights=clf.weights, classes=len(clf.names), class_names_from=clf.names_from,
                    outputs=', '.join(build.outputs)),
         dense=args.headless,
-        files=dict(int8=str(files['int8']), int8_mib=len(build.int8.onnx) / 2 ** 20,
-                   fp32_mib=len(build.fp32_onnx) / 2 ** 20),
+        files=dict(int8=str(files['int8']), int8_mib=len(build.int8_bytes) / 2 ** 20,
+                   fp32_mib=build.fp32_bytes / 2 ** 20),
         calibration=dict(folder=str(args.calibration_dir), folder_images=split.folder_images, seed=args.seed,
                          images=[str(p) for p in split.calibration], check_images=len(split.check),
                          preprocessing=f"timm's evaluation transform of the model's data config {cfg}"),
         build=build_summary(build, args.keep_fp32, args.min_agreement, args.min_cosine),
-        evaluation=evaluation, versions=_versions())
+        evaluation=evaluation, versions=_versions(args.backend))
     with atomic_write(files['int8']) as f:
-        f.write(build.int8.onnx)
+        f.write(build.int8_bytes)
     with atomic_write(files['json'], 'w') as f:
         json.dump(summary, f, indent=1)
     with atomic_write(files['md'], 'w') as f:
@@ -166,10 +178,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _versions() -> dict:
+def _versions(backend: str) -> dict:
+    import torch
+    if backend == 'pt2e':
+        import torchao
+        return dict(torch=torch.__version__, torchao=torchao.__version__)
     import onnx
     import onnxruntime
-    import torch
     return dict(onnxruntime=onnxruntime.__version__, onnx=onnx.__version__, torch=torch.__version__)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['output_names', 'onnx_bytes', 'onnx_session', 'onnx_max_diff', 'torchscript_bytes',
+__all__ = ['exported_module', 'output_names', 'onnx_bytes', 'onnx_session', 'onnx_max_diff', 'torchscript_bytes',
            'torchscript_max_diff']
 
 OPSET = 17
@@ -47,7 +47,7 @@ def _is_dense(model: nn.Module, dense: Optional[bool]) -> bool:
     return not getattr(model, 'classifier_head', True) if dense is None else dense
 
 
-def _exported(model: nn.Module, dense: Optional[bool] = None) -> nn.Module:
+def exported_module(model: nn.Module, dense: Optional[bool] = None) -> nn.Module:
     """What the exporters trace: the model itself, or :class:`DenseMaps` of it (headless, or ``dense``)."""
     return DenseMaps(model) if _is_dense(model, dense) else model
 
@@ -90,7 +90,7 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET, dens
                     for n in names})
     buf = io.BytesIO()
     with _quiet_tracing():
-        torch.onnx.export(_exported(model, dense).eval(), (example,), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(exported_module(model, dense).eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic,
                           do_constant_folding=True)
     return buf.getvalue()
@@ -114,14 +114,14 @@ def onnx_max_diff(onnx_model: bytes, model: nn.Module, inputs: Sequence[torch.Te
     session = onnx_session(onnx_model)
     model.eval()
     return {tuple(x.shape): _max_diff(session.run(None, {INPUT_NAME: x.numpy()}),
-                                      [t.numpy() for t in _as_list(_exported(model)(x))]) for x in inputs}
+                                      [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}
 
 
 @torch.no_grad()
 def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     """The serialised TorchScript module (``torch.jit.trace`` of ``model`` in eval mode on ``example``)."""
     with _quiet_tracing():
-        traced = torch.jit.trace(_exported(model).eval(), example, strict=getattr(model, 'classifier_head', True))
+        traced = torch.jit.trace(exported_module(model).eval(), example, strict=getattr(model, 'classifier_head', True))
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
     return buf.getvalue()
@@ -134,4 +134,4 @@ def torchscript_max_diff(scripted: bytes, model: nn.Module, inputs: Sequence[tor
         loaded = torch.jit.load(io.BytesIO(scripted), map_location='cpu').eval()
     model.eval()
     return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
-                                      [t.numpy() for t in _as_list(_exported(model)(x))]) for x in inputs}
+                                      [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}

@@ -11,11 +11,14 @@ are 0-100.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['Fidelity', 'compare_sessions', 'run_session']
+__all__ = ['Fidelity', 'Runner', 'compare', 'session_runner']
+
+# images (N, 3, H, W) float32 -> the model's outputs as arrays, in output order
+Runner = Callable[[np.ndarray], List[np.ndarray]]
 
 
 class Fidelity:
@@ -72,17 +75,21 @@ class Fidelity:
         return out
 
 
-def run_session(session, images: np.ndarray, batch: int = 32) -> List[np.ndarray]:
-    """Every output of an ONNX Runtime ``session`` on ``images`` (N, 3, H, W), ``batch`` images per run."""
+def session_runner(session, batch: int = 32) -> Runner:
+    """A :data:`Runner` of an ONNX Runtime ``session``: every output, ``batch`` images per run."""
     name = session.get_inputs()[0].name
-    parts = [session.run(None, {name: images[i:i + batch]}) for i in range(0, len(images), batch)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def run(images: np.ndarray) -> List[np.ndarray]:
+        parts = [session.run(None, {name: images[i:i + batch]}) for i in range(0, len(images), batch)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return run
 
 
-def compare_sessions(fp32_session, int8_session, batches: Iterable[Tuple[np.ndarray, Optional[np.ndarray]]]) -> dict:
-    """:meth:`Fidelity.result` of two ONNX Runtime sessions over ``batches`` of (images (N, 3, H, W) float32,
+def compare(fp32: Runner, int8: Runner, batches: Iterable[Tuple[np.ndarray, Optional[np.ndarray]]],
+            output_names: Sequence[str]) -> dict:
+    """:meth:`Fidelity.result` of two models (:data:`Runner`) over ``batches`` of (images (N, 3, H, W) float32,
     labels (N,) or None)."""
-    fidelity = Fidelity([o.name for o in fp32_session.get_outputs()])
+    fidelity = Fidelity(output_names)
     for images, labels in batches:
-        fidelity.update(run_session(fp32_session, images), run_session(int8_session, images), labels)
+        fidelity.update(fp32(images), int8(images), labels)
     return fidelity.result()

@@ -23,15 +23,19 @@ from ..model_options import preprocess
 from ..utils.errors import UsageError
 from ..utils.images import FolderImages, read_images
 from ..utils.markdown import table
-from .export import onnx_bytes, onnx_session, output_names
-from .fidelity import compare_sessions
-from .quantize import KEEP_FP32_ORDER, KEEP_FP32_WHY, QuantizedModel, Recipe, op_summary, prepare, quantize
+from .export import exported_module, onnx_bytes, onnx_session, output_names
+from .fidelity import Runner, compare, session_runner
+from .quantize import KEEP_FP32_ORDER, KEEP_FP32_WHY, Recipe, op_summary, prepare, quantize
 
-__all__ = ['AUTO', 'CalibrationSplit', 'split_calibration', 'check_disjoint', 'held_out_labels', 'image_batches',
+__all__ = ['AUTO', 'BACKENDS', 'CalibrationSplit', 'split_calibration', 'check_disjoint', 'held_out_labels', 'image_batches',
            'Attempt', 'Int8Build', 'build_int8', 'evaluate', 'meets_target', 'build_summary', 'report_markdown',
            'fidelity_table']
 
 AUTO = 'auto'
+BACKENDS = ('onnxruntime', 'pt2e')
+PT2E_QUANTIZER = ("torchao's X86InductorQuantizer, default static config (uint8 activations per tensor, histogram "
+                  "observer; int8 weights per output channel), the conv stage's residual adds quantized at their inputs "
+                  "(src/deploy/pt2e.py); runs compiled by inductor with frozen weights")
 # auto starts with the first conv in fp32: all in int8 missed the check on the crop classifier, and a 3-channel
 # int8 conv is no faster than the fp32 one (docs/deployment.md)
 AUTO_ORDER = KEEP_FP32_ORDER[1:]
@@ -114,48 +118,75 @@ class Attempt:
 
 @dataclasses.dataclass
 class Int8Build:
-    """The chosen int8 model, the fp32 model it came from (serialised ONNX, pre-processing not applied),
-    every attempt of the widening in order, the output names, and whether the pre-processing's symbolic
-    shape inference completed."""
-    int8: QuantizedModel
-    fp32_onnx: bytes
+    """The chosen int8 model (a :class:`~src.deploy.quantize.QuantizedModel` of ONNX Runtime or a
+    :class:`~src.deploy.pt2e.Pt2eInt8`), every attempt of the widening in order, the output names, the
+    backend, the fp32 model's serialised size, the runners of both models (the evaluation reuses them: a
+    compiled PT2E graph compiles once), and whether ONNX pre-processing's symbolic shape inference completed."""
+    int8: object
     attempts: List[Attempt]
     outputs: List[str]
+    backend: str
+    fp32_bytes: int
+    fp32_run: Runner
+    int8_run: Runner
     symbolic_shapes: bool = True
 
     @property
     def met_target(self) -> bool:
         return self.attempts[-1].meets_target
 
+    @property
+    def int8_bytes(self) -> bytes:
+        """The file to write: the int8 ONNX model, or the PT2E program (``torch.export.save``)."""
+        return self.int8.onnx if self.backend == 'onnxruntime' else self.int8.data
+
 
 def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_fp32: str = AUTO,
                dense: bool = False, min_agreement: float = 99., min_cosine: float = 0.995,
                recipe: Recipe = Recipe(), threads: Optional[int] = None,
-               log: Callable[[str], None] = print) -> Int8Build:
+               log: Callable[[str], None] = print, backend: str = 'onnxruntime') -> Int8Build:
     """Quantize ``model`` (a ConvMLP classifier, eval mode; fused here) to int8, calibrated on
-    ``split.calibration``; ``keep_fp32``: a group of :data:`~src.deploy.quantize.KEEP_FP32_ORDER`, or
-    ``'auto'``: the narrowest group of the widening whose check meets the target (the widest if none does:
-    :attr:`Int8Build.met_target` says so)."""
+    ``split.calibration``, with ``backend`` (:data:`BACKENDS`: ONNX Runtime's quantizer, run by ONNX Runtime;
+    or PT2E, run compiled by inductor); ``keep_fp32``: a group of :data:`~src.deploy.quantize.KEEP_FP32_ORDER`,
+    or ``'auto'``: the narrowest group of the widening whose check meets the target (the widest if none
+    does: :attr:`Int8Build.met_target` says so)."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}; got {backend!r}')
     calibration = _load(split.calibration, data_cfg)
     check = _load(split.check, data_cfg) if split.check else None
     fused = model.fuse()
-    fp32_onnx = onnx_bytes(fused, _tensor(calibration[:2]), dense=dense)
-    prepared = prepare(fp32_onnx)
-    fp32_session = onnx_session(fp32_onnx, threads)
+    names = output_names(fused, dense)
+    symbolic_shapes = True
+    if backend == 'onnxruntime':
+        fp32_onnx = onnx_bytes(fused, _tensor(calibration[:2]), dense=dense)
+        prepared = prepare(fp32_onnx)
+        symbolic_shapes, fp32_bytes = prepared.symbolic_shapes, len(fp32_onnx)
+        fp32_run = session_runner(onnx_session(fp32_onnx, threads))
+
+        def quantize_group(group: str):
+            int8 = quantize(prepared.onnx, calibration, dataclasses.replace(recipe, keep_fp32=group))
+            return int8, int8.fp32_nodes, session_runner(onnx_session(int8.onnx, threads))
+    else:
+        from . import pt2e
+        fp32_run = pt2e.runner(exported_module(fused, dense).eval(), threads=threads)
+        fp32_bytes = sum(t.numel() * t.element_size() for t in fused.state_dict().values())
+
+        def quantize_group(group: str):
+            int8 = pt2e.quantize(model, calibration, group, dense)
+            return int8, int8.fp32_modules, pt2e.runner(pt2e.compile_int8(int8.graph), threads=threads)
     attempts: List[Attempt] = []
     for group in (AUTO_ORDER if keep_fp32 == AUTO else (keep_fp32,)):
-        int8 = quantize(prepared.onnx, calibration, dataclasses.replace(recipe, keep_fp32=group))
-        result = None if check is None else compare_sessions(fp32_session, onnx_session(int8.onnx, threads),
-                                                             [(check, None)])
+        int8, kept, int8_run = quantize_group(group)
+        result = None if check is None else compare(fp32_run, int8_run, [(check, None)], names)
         ok = result is not None and meets_target(result, min_agreement, min_cosine)
-        attempts.append(Attempt(group, int8.fp32_nodes, result, ok))
-        nodes = len(int8.fp32_nodes)
-        log(f'  kept in fp32: {group} ({nodes} node{"s" * (nodes != 1)}); check on {len(split.check)} held-out '
-            f'calibration images: {_summary(result)}' + ('' if result is None else
-                                                          ' (meets the target)' if ok else ' (below the target)'))
+        attempts.append(Attempt(group, kept, result, ok))
+        what = 'module' if backend == 'pt2e' else 'node'
+        verdict = '' if result is None else ' (meets the target)' if ok else ' (below the target)'
+        log(f'  kept in fp32: {group} ({len(kept)} {what}{"s" * (len(kept) != 1)}); check on {len(split.check)} '
+            f'held-out calibration images: {_summary(result)}{verdict}')
         if ok or check is None:
             break
-    return Int8Build(int8, fp32_onnx, attempts, output_names(fused, dense), prepared.symbolic_shapes)
+    return Int8Build(int8, attempts, names, backend, fp32_bytes, fp32_run, int8_run, symbolic_shapes)
 
 
 def _tensor(array: np.ndarray):
@@ -171,35 +202,37 @@ def _summary(result: Optional[dict]) -> str:
     return f'top-1 agreement {result["top1_agreement"]:.2f}%, largest logit difference {result["max_logit_diff"]:.3f}'
 
 
-def evaluate(build: Int8Build, paths: Sequence[Path], data_cfg: dict, labels: Optional[np.ndarray],
-             threads: Optional[int] = None) -> dict:
+def evaluate(build: Int8Build, paths: Sequence[Path], data_cfg: dict, labels: Optional[np.ndarray]) -> dict:
     """fp32 against int8 on held-out images (:meth:`~src.deploy.fidelity.Fidelity.result`)."""
-    return compare_sessions(onnx_session(build.fp32_onnx, threads), onnx_session(build.int8.onnx, threads),
-                            image_batches(paths, data_cfg, labels))
+    return compare(build.fp32_run, build.int8_run, image_batches(paths, data_cfg, labels), build.outputs)
 
 
 def report_markdown(report: dict) -> str:
     """The short human report of ``tools/quantize.py``'s JSON report."""
     build, calib = report['build'], report['calibration']
+    pt2e = build.get('backend') == 'pt2e'
+    what = 'module' if pt2e else 'node'
     lines = [f"# int8 model: {report['files']['int8']}", '',
              f"- model: {report['model']['arch']} ({report['model']['weights']}), {report['model']['outputs']}",
-             f"- files: fp32 ONNX {report['files']['fp32_mib']:.2f} MiB, int8 {report['files']['int8_mib']:.2f} MiB",
+             f"- files: fp32 {'weights' if pt2e else 'ONNX'} {report['files']['fp32_mib']:.2f} MiB, int8 "
+             f"{report['files']['int8_mib']:.2f} MiB",
              f"- calibration: {len(calib['images'])} images of {calib['folder']} ({calib['folder_images']} there), "
              f"{calib['check_images']} others of it held out for the check; preprocessing: {calib['preprocessing']}",
+             f"- quantizer: {build['quantizer']}" if pt2e else
              "- quantize_static: " + ', '.join(f'{k}={v}' for k, v in build['quantize_static_args'].items()
                                                 if k != 'nodes_to_exclude'),
              f"- kept in fp32: {build['keep_fp32']} ({KEEP_FP32_WHY[build['keep_fp32']]}): "
-             + (', '.join(build['fp32_nodes']) or 'no node'),
+             + (', '.join(build['fp32_nodes']) or f'no {what}'),
              f"- why: {build['why']}",
-             '- int8 nodes: ' + ', '.join(f'{k} {v}' for k, v in build['ops']['int8'].items()),
-             '- fp32 nodes: ' + ', '.join(f'{k} {v}' for k, v in build['ops']['fp32'].items()), '']
+             f'- int8 {what}s: ' + ', '.join(f'{k} {v}' for k, v in build['ops']['int8'].items()),
+             f'- fp32 {what}s: ' + (', '.join(f'{k} {v}' for k, v in build['ops']['fp32'].items()) or 'none'), '']
     rows = []
     for a in build['attempts']:
         value = '-' if a['check'] is None else (f"{a['check']['worst_mean_cosine']:.4f}" if report['dense']
                                                  else f"{a['check']['top1_agreement']:.2f}")
         rows.append([a['keep_fp32'], len(a['fp32_nodes']), value, 'yes' if a['meets_target'] else 'no'])
     check = 'check: ' + ('worst mean cosine' if report['dense'] else 'top-1 agreement %')
-    lines.append(table(['kept in fp32', 'nodes', check, 'meets target'], rows, align='-rr-'))
+    lines.append(table(['kept in fp32', f'{what}s', check, 'meets target'], rows, align='-rr-'))
     evaluation = report.get('evaluation')
     if evaluation:
         lines += ['', f"Held-out evaluation on {evaluation['folder']} ({evaluation['result']['images']} images; "
@@ -236,9 +269,12 @@ def build_summary(build: Int8Build, keep_fp32: str, min_agreement: float, min_co
                + (f'; {", ".join(narrower)} did not' if narrower else ''))
     else:
         why = f'no group met the target ({target}) on the check'
-    return dict(keep_fp32=chosen.keep_fp32, why=why, fp32_nodes=chosen.fp32_nodes,
-                pre_processing='quant_pre_process: ' + ('symbolic shape inference, ' if build.symbolic_shapes else
-                                                        'symbolic shape inference incomplete (skipped), ')
+    common = dict(backend=build.backend, keep_fp32=chosen.keep_fp32, why=why, fp32_nodes=chosen.fp32_nodes,
+                  attempts=[dataclasses.asdict(a) for a in build.attempts])
+    if build.backend == 'pt2e':
+        return dict(common, quantizer=PT2E_QUANTIZER, ops=build.int8.nodes)
+    return dict(common, pre_processing='quant_pre_process: ' + ('symbolic shape inference, ' if build.symbolic_shapes
+                                                                else 'symbolic shape inference incomplete (skipped), ')
                 + "ONNX Runtime's basic graph optimizations, ONNX shape inference",
                 quantize_static_args=build.int8.quantize_static_args, recipe=dataclasses.asdict(build.int8.recipe),
-                ops=op_summary(build.int8.onnx), attempts=[dataclasses.asdict(a) for a in build.attempts])
+                ops=op_summary(build.int8.onnx))

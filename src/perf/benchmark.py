@@ -70,8 +70,8 @@ class Config:
     """One measured configuration."""
     model: str = 'convmlp_s'
     mode: str = 'infer'            # 'infer' | 'train' (forward, backward, AdamW step)
-    path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone) | 'onnx'
-    dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only) | 'int8' (onnx only)
+    path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone) | 'onnx' | 'pt2e'
+    dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only) | 'int8' (onnx, pt2e)
     keep_fp32: str = ''            # int8: the convolutions left in fp32 (src.deploy.quantize.KEEP_FP32_ORDER)
     compiled: bool = False
     fused: bool = False            # BatchNorm folded into convs (inference only)
@@ -88,11 +88,12 @@ class Config:
             raise ValueError(f"malloc must be 'keep' or 'system'; got {self.malloc!r}")
         if self.model not in BUILDERS:
             raise ValueError(f'unknown model {self.model!r}: choose from {sorted(BUILDERS)}')
-        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast', 'floor', 'onnx'):
-            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline', 'fast', 'floor' or 'onnx'; "
-                             f"got {self}")
-        if self.dtype not in DTYPES and not (self.dtype == INT8 and self.path == 'onnx'):
-            raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)} (int8: the onnx path only)')
+        if self.mode not in ('infer', 'train') or self.path not in ('baseline', 'fast', 'floor', 'onnx', 'pt2e'):
+            raise ValueError(f"mode must be 'infer' or 'train' and path 'baseline', 'fast', 'floor', 'onnx' or "
+                             f"'pt2e'; got {self}")
+        if self.dtype not in DTYPES and not (self.dtype == INT8 and self.path in ('onnx', 'pt2e')):
+            raise ValueError(f'unknown dtype {self.dtype!r}: choose from {sorted(DTYPES)} (int8: the onnx and pt2e '
+                             f'paths only)')
         if self.dtype == INT8 and not self.keep_fp32:
             object.__setattr__(self, 'keep_fp32', 'first_conv')
         if (self.dtype == INT8) != bool(self.keep_fp32):
@@ -104,6 +105,8 @@ class Config:
         if self.path == 'onnx' and (self.mode != 'infer' or self.dtype not in ('fp32', INT8) or self.compiled
                                     or self.device != 'cpu'):
             raise ValueError('the onnx path is fp32 or int8 inference under ONNX Runtime on the CPU, not compiled')
+        if self.path == 'pt2e' and (self.mode != 'infer' or self.dtype != INT8 or self.device != 'cpu'):
+            raise ValueError('the pt2e path is int8 inference on the CPU (PT2E, compiled by inductor)')
         if self.fused and self.mode == 'train':
             raise ValueError('fused BatchNorm is for inference: training needs batch statistics')
         if self.checkpointing and self.mode == 'infer':
@@ -117,6 +120,8 @@ class Config:
             return f"{self.dtype}{' fused' * self.fused} matrix products alone (floor)"
         if self.path == 'onnx':
             return f"{self.dtype} onnxruntime{' fused' * self.fused}" + (f' ({self.keep_fp32} in fp32)' * bool(self.keep_fp32))
+        if self.path == 'pt2e':
+            return f"{self.dtype} pt2e compiled{' fused' * self.fused} ({self.keep_fp32} in fp32)"
         parts = [self.dtype, 'compiled' if self.compiled else 'eager']
         parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing + ['system malloc'] * (self.malloc == 'system')
         return ' '.join(parts)
@@ -171,6 +176,8 @@ def _build(cfg: Config):
     x = torch.randn(cfg.batch, 3, cfg.res, cfg.res, device=device)
     if cfg.path == 'onnx':
         return _onnx_build(model.fuse(inplace=True) if cfg.fused else model.eval(), x, cfg.keep_fp32)
+    if cfg.path == 'pt2e':
+        return _pt2e_build(model.eval(), x, cfg.keep_fp32)
     if cfg.path == 'baseline':
         net: nn.Module = ReleaseForward(model)
     else:
@@ -233,16 +240,36 @@ def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
 
     def step():
         return torch.from_numpy(session.run(None, feed)[0])
-    return step, lambda: dict(onnx_parity(model, step, x), onnxruntime=ort.__version__, **info)
+    return step, lambda: dict(eager_parity(model, step, x), onnxruntime=ort.__version__, **info)
+
+
+def _pt2e_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str):
+    """(step, extras) for the ``pt2e`` path: ``model`` quantized by PT2E as ``tools/quantize.py --backend pt2e``
+    does (:mod:`src.deploy.pt2e`: fused, calibrated on ``x``), compiled by inductor; the build runs the step
+    once, so the compilation is not timed. ``extras()``: the parity with the eager model, the products in int8,
+    the seconds quantization and compilation took."""
+    from ..deploy import pt2e
+    start = time.perf_counter()
+    int8 = pt2e.quantize(model, x.numpy(), keep_fp32)
+    quantized = time.perf_counter()
+    run = pt2e.compile_int8(int8.graph)
+    run(x)
+    compiled = time.perf_counter()
+
+    def step():
+        return run(x)
+    return step, lambda: dict(eager_parity(model.fuse(), step, x), int8_nodes=sum(int8.nodes['int8'].values()),
+                              fp32_nodes=int8.fp32_modules, quantize_s=quantized - start,
+                              compile_s=compiled - quantized)
 
 
 @torch.no_grad()
-def onnx_parity(model: nn.Module, step: Callable[[], torch.Tensor], x: torch.Tensor) -> Dict[str, float]:
-    """Max abs difference between the logits of ``step()`` (ONNX Runtime) and the eager fp32 ``model`` on
-    ``x``, and the share of images whose top-1 class agrees."""
-    onnx, eager = step(), model.eval()(x)
-    return dict(onnx_max_abs_diff=(onnx - eager).abs().max().item(),
-                onnx_top1_agreement=(onnx.argmax(1) == eager.argmax(1)).float().mean().item())
+def eager_parity(model: nn.Module, step: Callable[[], torch.Tensor], x: torch.Tensor) -> Dict[str, float]:
+    """Max abs difference between the logits of ``step()`` (ONNX Runtime, a PT2E graph) and the eager fp32
+    ``model`` on ``x``, and the share of images whose top-1 class agrees."""
+    out, eager = step(), model.eval()(x)
+    return dict(max_abs_diff=(out - eager).abs().max().item(),
+                top1_agreement=(out.argmax(1) == eager.argmax(1)).float().mean().item())
 
 
 def _rss_kib(field: str) -> Optional[int]:
@@ -488,12 +515,14 @@ if __name__ == '__main__':
 # ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------
 def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: List[bool], fused: List[bool],
            batch: int, res: int, device: str = 'cpu', malloc_rows: bool = True,
-           floor_rows: bool = True, onnx_rows: bool = True, int8_keep_fp32: Sequence[str] = ()) -> List[Config]:
+           floor_rows: bool = True, onnx_rows: bool = True, int8_keep_fp32: Sequence[str] = (),
+           int8_backends: Sequence[str] = ('onnxruntime',)) -> List[Config]:
     """Baseline first, then every fast-path combination, per model and mode (fused: inference only).
     ``malloc_rows``: also the baseline with kept freed memory and the fp32 eager fast path with glibc's
     default malloc, so the allocator's share of each speed-up is visible. ``onnx_rows``: CPU inference with
     fp32 among ``dtypes``, the model under ONNX Runtime (path ``onnx``, fused as the last eager fp32 row), and
-    after it the int8 model, one row per group of ``int8_keep_fp32`` (the convolutions left in fp32).
+    after it the int8 model, one row per backend of ``int8_backends`` (``onnxruntime``, ``pt2e``) and group
+    of ``int8_keep_fp32`` (the convolutions left in fp32).
     ``floor_rows``: last, per dtype, the fast path's matrix products alone (path ``floor``)."""
     configs = []
     for model in models:
@@ -509,8 +538,9 @@ def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: Lis
                         configs.append(Config(dtype=dtype, compiled=comp, fused=fuse, **common))
             if onnx_rows and mode == 'infer' and device == 'cpu' and 'fp32' in dtypes:
                 configs.append(Config(path='onnx', fused=True in fused, **common))
-                configs += [Config(path='onnx', dtype=INT8, keep_fp32=keep, fused=True in fused, **common)
-                            for keep in int8_keep_fp32]
+                configs += [Config(path='onnx' if backend == 'onnxruntime' else backend, dtype=INT8, keep_fp32=keep,
+                                   fused=True in fused, **common)
+                            for backend in int8_backends for keep in int8_keep_fp32]
             if floor_rows:
                 configs += [Config(path='floor', dtype=dtype, fused=mode == 'infer' and True in fused, **common)
                             for dtype in dtypes]

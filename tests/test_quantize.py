@@ -109,7 +109,8 @@ def test_headless_backbone_quantized(digits_run, tmp_path, capsys):
 def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path):
     """--backend pt2e on the demo's model: a torch.export program that loads back (dynamic batch), runs
     compiled by inductor as oneDNN int8 kernels, and agrees with fp32 on the held-out digits as the ONNX path
-    must; every channel-MLP linear and conv but the first is int8."""
+    must (the check and the evaluation run the written file, compiled); every channel-MLP linear and conv but
+    the first is int8."""
     from src.deploy import pt2e
     data, checkpoint = digits_run
     out = tmp_path / 'digits_int8.pt2'
@@ -127,14 +128,10 @@ def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path):
     assert build['ops'] == {'int8': {'conv2d': 19, 'linear': 33}, 'fp32': {'conv2d': 1}}  # + 32 MLP linears, head
     assert 'torchao' in report['versions'] and report['files']['int8_mib'] < report['files']['fp32_mib'] / 3
 
-    graph = pt2e.load(out.read_bytes())
+    graph = pt2e.load(out.read_bytes())  # the check and the evaluation above ran this program, compiled
     images = torch.from_numpy(np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32))
     with torch.no_grad():
-        reference = graph(images)                       # the quantized graph as saved, uncompiled
-        assert graph(images[:1]).shape == (1, 10)       # dynamic batch
-        compiled = pt2e.compile_int8(graph)(images)     # oneDNN int8 kernels
-    assert compiled.shape == (5, 10)
-    assert (compiled - reference).abs().max() < 0.05 * (reference.max() - reference.min())
+        assert graph(images).shape == (5, 10) and graph(images[:1]).shape == (1, 10)  # dynamic batch
 
 
 # ---- the pieces ------------------------------------------------------------------------------------

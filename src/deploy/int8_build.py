@@ -172,8 +172,8 @@ def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_f
         fp32_bytes = sum(t.numel() * t.element_size() for t in fused.state_dict().values())
 
         def quantize_group(group: str):
-            int8 = pt2e.quantize(model, calibration, group, dense)
-            return int8, int8.fp32_modules, pt2e.runner(pt2e.compile_int8(int8.graph), threads=threads)
+            int8 = pt2e.quantize(model, calibration, group, dense)  # checked as written: the saved program
+            return int8, int8.fp32_modules, pt2e.runner(pt2e.compile_int8(pt2e.load(int8.data)), threads=threads)
     attempts: List[Attempt] = []
     for group in (AUTO_ORDER if keep_fp32 == AUTO else (keep_fp32,)):
         int8, kept, int8_run = quantize_group(group)

@@ -246,8 +246,8 @@ def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
 def _pt2e_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str):
     """(step, extras) for the ``pt2e`` path: ``model`` quantized by PT2E as ``tools/quantize.py --backend pt2e``
     does (:mod:`src.deploy.pt2e`: fused, calibrated on ``x``, saved and loaded back), compiled by inductor; the
-    build runs the step once, so the compilation is not timed. ``extras()``: the parity with the eager model, the products in int8,
-    the seconds quantization and compilation took."""
+    build runs the step once, so the compilation is not timed. ``extras()``: the parity with the eager model,
+    the products in int8, the seconds quantization and compilation took."""
     from ..deploy import pt2e
     start = time.perf_counter()
     int8 = pt2e.quantize(model, x.numpy(), keep_fp32)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['Fidelity', 'Runner', 'compare', 'session_runner']
+__all__ = ['Fidelity', 'Runner', 'batched', 'compare', 'session_runner']
 
 # images (N, 3, H, W) float32 -> the model's outputs as arrays, in output order
 Runner = Callable[[np.ndarray], List[np.ndarray]]
@@ -75,14 +75,19 @@ class Fidelity:
         return out
 
 
+def batched(run_batch: Callable[[np.ndarray], Sequence[np.ndarray]], batch: int = 32) -> Runner:
+    """A :data:`Runner` that calls ``run_batch`` (images -> every output) on ``batch`` images at a time and
+    joins each output's parts."""
+    def run(images: np.ndarray) -> List[np.ndarray]:
+        parts = [run_batch(images[i:i + batch]) for i in range(0, len(images), batch)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return run
+
+
 def session_runner(session, batch: int = 32) -> Runner:
     """A :data:`Runner` of an ONNX Runtime ``session``: every output, ``batch`` images per run."""
     name = session.get_inputs()[0].name
-
-    def run(images: np.ndarray) -> List[np.ndarray]:
-        parts = [session.run(None, {name: images[i:i + batch]}) for i in range(0, len(images), batch)]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-    return run
+    return batched(lambda images: session.run(None, {name: images}), batch)
 
 
 def compare(fp32: Runner, int8: Runner, batches: Iterable[Tuple[np.ndarray, Optional[np.ndarray]]],

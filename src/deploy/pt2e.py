@@ -27,15 +27,15 @@ import dataclasses
 import io
 import logging
 import warnings
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..convmlp import Mlp
-from .export import exported_module
-from .fidelity import Runner
+from .export import DenseMaps, exported_module
+from .fidelity import Runner, batched
 
 __all__ = ['FlatMlp', 'flat_mlps', 'convmlp_quantizer', 'fp32_modules', 'Pt2eInt8', 'quantize', 'compile_int8',
            'load', 'runner']
@@ -108,12 +108,11 @@ def fp32_modules(model: nn.Module, group: str) -> List[str]:
     """Names of the modules of ``model`` (as :func:`~src.deploy.export.exported_module` wraps it) left in
     fp32 for a group of :data:`~src.deploy.quantize.KEEP_FP32_ORDER`: ``first_conv`` the first Conv2d,
     ``tokenizer`` the tokenizer, ``stem`` the tokenizer and the conv stage."""
+    prefix = 'model.' if isinstance(model, DenseMaps) else ''
     names = dict(model.named_modules())
     convs = [name for name, m in names.items() if isinstance(m, nn.Conv2d)]
-    prefix = next((name[:-len('tokenizer')] for name in names if name.endswith('tokenizer')), '')
-    groups = dict(none=[], first_conv=convs[:1], tokenizer=[prefix + 'tokenizer'],
-                  stem=[prefix + 'tokenizer'] + ([prefix + 'conv_stages'] if prefix + 'conv_stages' in names else []))
-    return groups[group]
+    stem = [prefix + 'tokenizer'] + ([prefix + 'conv_stages'] if prefix + 'conv_stages' in names else [])
+    return dict(none=[], first_conv=convs[:1], tokenizer=stem[:1], stem=stem)[group]
 
 
 @dataclasses.dataclass
@@ -215,15 +214,10 @@ def runner(fn: Callable[[torch.Tensor], object], batch: int = 32, threads: Optio
     """A :data:`~src.deploy.fidelity.Runner` of ``fn`` (a model or a compiled graph): every output on the
     images, ``batch`` at a time with ``threads`` torch threads (None: as set); a last, smaller batch padded
     with zeros to ``batch``, so a compiled graph sees one shape."""
-    def run(images: np.ndarray) -> List[np.ndarray]:
-        parts: List[Sequence[np.ndarray]] = []
+    def run_batch(chunk: np.ndarray) -> List[np.ndarray]:
+        x = torch.zeros((batch, *chunk.shape[1:]))
+        x[:len(chunk)] = torch.from_numpy(chunk)
         with torch.no_grad(), _threads(threads):
-            for i in range(0, len(images), batch):
-                chunk = images[i:i + batch]
-                x = torch.zeros((batch, *chunk.shape[1:]))
-                x[:len(chunk)] = torch.from_numpy(chunk)
-                out = fn(x)
-                out = list(out) if isinstance(out, (list, tuple)) else [out]
-                parts.append([o[:len(chunk)].numpy() for o in out])
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-    return run
+            out = fn(x)
+        return [o[:len(chunk)].numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+    return batched(run_batch, batch)

@@ -211,6 +211,21 @@ def test_masks_leave_the_crops_unchanged(crops_root, tmp_path):
         C.load_crops(plain)
 
 
+def test_fields_show_the_object_anywhere_at_the_crops_scale(tmp_path):
+    """--crop-context 2: the object at the crops' scale (as many pixels) in a field twice their side, not centred."""
+    single = dict(CROPS, objects=(1, 1))
+    crops = C.load_crops(make_crops(tmp_path / 'crops', 12, 60, masks=True, **single))
+    fields = C.load_crops(make_crops(tmp_path / 'fields', 12, 60, masks=True, context=2, **single))
+    assert (crops.kind, fields.kind, fields.context) == ('crops', 'fields', 2.0)
+    assert fields.images.shape[1:] == (128, 128, 3) and fields.masks.shape == (60, 128, 128)
+    assert 0.85 < fields.masks.sum(axis=(1, 2)).mean() / crops.masks.sum(axis=(1, 2)).mean() < 1.15
+    assert 0.06 < fields.masks.mean() < 0.12 and 0.25 < crops.masks.mean() < 0.5
+    assert crops.masks[:, 28:36, 28:36].mean() > 0.9 and fields.masks[:, 60:68, 60:68].mean() < 0.5
+    ys, xs = (np.array([np.nonzero(m)[i].mean() for m in fields.masks]) for i in (0, 1))
+    assert xs.std() > 15 and ys.std() > 15 and xs.min() < 40 and xs.max() > 88  # spread over the field
+    assert all(fields.masks[i].any() for i in range(60))  # every field holds its whole object's mask
+
+
 def test_mask_share_and_centred_gaussian():
     masks = np.zeros((2, 4, 4), bool)
     masks[:, :2] = True
@@ -255,8 +270,10 @@ def test_maps_of_a_trained_convmlp_fall_on_the_object(crops_root):
     more of its GradCAM mass on the object than a uniform map does (>= 1.3x the mask's area share; 1.5x
     measured) and than the same model with random weights (0.67x), at stage1 (8x8 at 64 px); GradCAM++ too
     (>= 1.1x; 1.2-2.2x over two training seeds, random weights 0.6x). Weaker than the issue's 2x: that is
-    asked of the transfer workflow's classifier, measured in docs/cam.md (it reaches 1.77x, below 2x);
-    this model is smaller, trained 150 steps, and its maps vary with the seed."""
+    asked of the transfer workflow's classifier, measured in docs/cam.md (1.77x on its crops, below 2x; on
+    fields, fine-tuned, LayerCAM, HiResCAM and GradCAM++ 2.5-3x, GradCAM 1.68x); this model is smaller,
+    trained 150 steps, and its maps vary with the seed. Fields are no test here: this model stays at chance on
+    them after 600 steps (4 minutes)."""
     train = C.load_crops(crops_root, 'train')
     trained = train_tiny(train)
     held_out = C.load_crops(crops_root)
@@ -350,3 +367,7 @@ def test_localization_tool_writes_the_table_and_picture(checkpoint, crops_root, 
     with pytest.raises(SystemExit) as stop:
         tool.main(['--checkpoint', str(checkpoint), '--data', str(tmp_path)])
     assert stop.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+    with pytest.raises(SystemExit) as stop:  # a page without the tag's block: refused before measuring
+        tool.main([*argv, '--docs', str(docs), '--tag', 'cam_fields'])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count('\n') == 1 and '<!-- cam_fields:start -->' in err, err

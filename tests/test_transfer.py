@@ -82,7 +82,11 @@ def test_shapes_cli_bad_ranges_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / 'x'), '--radius', 'big'])
     assert exit_.value.code == 2 and "expected MIN-MAX like 0.1-0.3; got 'big'" in capsys.readouterr().err
-    assert not (tmp_path / 'x').exists()
+    assert main([str(tmp_path / 'x'), '--crop-context', '2']) == 2
+    assert capsys.readouterr().err.endswith('error: --crop-context needs --crops TRAIN VAL (it changes the crops)\n')
+    assert main([str(tmp_path / 'x'), '--crops', '1', '1', '--crop-context', '0.5']) == 2
+    assert 'crop context must be at least 1' in capsys.readouterr().err
+    assert not (tmp_path / 'x' / 'cls').exists()
 
 
 # ---- the classification checkpoint as the dense backbones' init_cfg -----------------------------

@@ -29,14 +29,16 @@ METHODS = 'gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam'
 # the picture's rows: model:method:layer; first the tool's default layer, then the best-scoring one at 64 px
 FIGURE_ROWS = ('trained:gradcam:stage3,trained:gradcam:conv_stage,trained:gradcam++:conv_stage,'
                'trained:layercam:conv_stage,trained:gradcam:stage1,trained:eigencam:conv_stage,random:gradcam:conv_stage')
-START, END = '<!-- cam_localization:start -->', '<!-- cam_localization:end -->'
+TAG = 'cam_localization'   # the docs' picture DOCS/TAG.png and block <!-- TAG:start --> ... <!-- TAG:end --> of cam.md
 
 
 def report(result: dict):
     """(header, table, footer) of the docs' block for the numbers of :func:`measure` (and the run's details)."""
     from src.studies.cam_localization import FOLD, markdown_table
     area, se = result['area'], [r['trained_se'] for r in result['rows']]
-    header = (f"{result['n']} held-out crops ({result['split']}) at {result['size'][0]}x{result['size'][1]} px; the classifier's top-1 on them "
+    what = result.get('what', 'crops')
+    header = (f"{result['n']} held-out {what} ({result['split']}) at {result['size'][0]}x{result['size'][1]} px; "
+              f"the classifier's top-1 on them "
               f"{result['top1']['trained']:.1f} (random weights {result['top1']['random']:.1f}); each map explains "
               f"the {result['explain']} class. Each cell: the mean share of the map's mass inside the object's mask, as a "
               f"multiple of the masks' mean area share {area:.3f} (what a uniform map gets), for the trained classifier "
@@ -68,13 +70,16 @@ def main(argv=None) -> int:
     p.add_argument('--json', type=Path, help='write every number here')
     p.add_argument('--reuse', type=Path, metavar='JSON', help="the numbers of an earlier run's --json instead of "
                    'measuring again (redraws the picture and the table)')
-    p.add_argument('--docs', type=Path, help='write DOCS/cam_localization.png and the table into DOCS/cam.md')
+    p.add_argument('--docs', type=Path, help='write DOCS/TAG.png and the table into DOCS/cam.md')
+    p.add_argument('--tag', default=TAG, help='with --docs: the picture DOCS/TAG.png and the block '
+                   f'<!-- TAG:start --> of cam.md (default {TAG}; fields: cam_fields)')
     p.add_argument('--figure-rows', default=FIGURE_ROWS, help='MODEL:METHOD:LAYER,... of the picture')
     p.add_argument('--figure-crops', type=int, default=9, help='crops across the picture (default 9)')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.docs and not (args.docs / 'cam.md').is_file():
-        fail(f'--docs {args.docs} has no cam.md to write the table into')
+    page = args.docs / 'cam.md' if args.docs else None
+    if page and f'<!-- {args.tag}:start -->' not in (page.read_text() if page.is_file() else ''):
+        fail(f'--docs {args.docs} has no cam.md with a <!-- {args.tag}:start --> ... <!-- {args.tag}:end --> block')
     try:
         crops = C.load_crops(args.data, args.split, args.limit)
     except UsageError as e:
@@ -121,15 +126,17 @@ def main(argv=None) -> int:
         rows = [tuple(r.split(':')) for r in args.figure_rows.split(',')]
         picks = C.subset(crops, C.pick_crops(crops.labels, args.figure_crops))
         panels = C.figure_panels(models, picks, mean, std, rows)
-        title = (f"Held-out crops (the first of each class in turn), their object outlined; below, maps of the predicted "
+        title = (f"Held-out {crops.kind} (the first of each class in turn), their object outlined; below, maps of "
+                 f"the predicted "
                  f"class: its name (red: wrong) and the crop's in-mask share. Classifier top-1 {result['top1']['trained']:.1f}.")
         from src.explain.feature_maps import png_bytes
         from src.utils.atomic import atomic_write
-        with atomic_write(args.docs / 'cam_localization.png') as f:
+        with atomic_write(args.docs / f'{args.tag}.png') as f:
             f.write(png_bytes(C.crop_grid(picks, panels, title), palette=True))
         from src.utils.markdown import replace_block
-        replace_block(args.docs / 'cam.md', START, END, f'{header}\n\n{table}\n\n{footer}')
-        print(f'wrote {args.docs / "cam_localization.png"} and the table of {args.docs / "cam.md"}')
+        replace_block(args.docs / 'cam.md', f'<!-- {args.tag}:start -->', f'<!-- {args.tag}:end -->',
+                      f'{header}\n\n{table}\n\n{footer}')
+        print(f'wrote {args.docs / (args.tag + ".png")} and the table of {args.docs / "cam.md"}')
     return 0
 
 

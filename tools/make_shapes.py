@@ -4,6 +4,7 @@ and segmentation demos and tests, and with ``--crops`` their objects as a classi
     python tools/make_shapes.py data/shapes --train 64 --val 16 --size 128x96
     python tools/make_shapes.py data/transfer --train 256 --val 64 --crops 1500 400 --crop-size 64
     python tools/make_shapes.py data/cam --train 256 --val 64 --crops 1500 300 --crop-masks   # + object masks
+    python tools/make_shapes.py data/cam_field --crops 1 300 --crop-context 2 --crop-masks    # objects in wider fields
 
 Bad input (a range that cannot work, an existing folder without --overwrite) is one line and exit code 2.
 """
@@ -55,13 +56,17 @@ def main(argv=None) -> int:
     p.add_argument('--crop-masks', action='store_true',
                    help="with --crops: each crop's object mask beside it, ROOT/cls/masks/SPLIT/CLASS/NNNNNN.png "
                         '(the crops are the same with or without)')
+    p.add_argument('--crop-context', type=float, default=1.0, metavar='C',
+                   help='with --crops: fields C times the side around each object at the same object scale, the '
+                        'object anywhere in them, C x --crop-size px (default 1: crops centred on their objects)')
     p.add_argument('--overwrite', action='store_true', help='replace ROOT/coco, ROOT/ade (and ROOT/cls) if they exist')
     args = p.parse_args(argv)
-    if args.crop_masks and not any(args.crops):
-        return report('--crop-masks needs --crops TRAIN VAL (the masks are those of the crops)')
+    for flag, given in (('--crop-masks', args.crop_masks), ('--crop-context', args.crop_context != 1)):
+        if given and not any(args.crops):
+            return report(f'{flag} needs --crops TRAIN VAL (it changes the crops)')
     try:
         root = make_shapes(args.root, args.train, args.val, args.size, args.seed, args.overwrite, args.radius,
-                           args.objects, tuple(args.crops), args.crop_size, args.crop_masks)
+                           args.objects, tuple(args.crops), args.crop_size, args.crop_masks, args.crop_context)
     except FileExistsError as e:
         return report(f'{e.args[0]}: choose another folder, or pass --overwrite to delete it')
     except (ValueError, OSError) as e:

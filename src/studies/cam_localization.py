@@ -17,6 +17,7 @@ table and the picture of ``docs/cam.md``, is ``tools/cam_localization.py``.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ class Crops:
     masks: np.ndarray       # (N, S, S) bool, the crop's own object
     labels: np.ndarray      # (N,) int, index into CLASSES
     paths: List[Path]
+    context: float = 1.0    # > 1: fields that many times a crop's side, the object anywhere (make_crops' context)
+
+    @property
+    def kind(self) -> str:
+        """'crops' (centred on their objects) or 'fields' (the object anywhere in a wider field)."""
+        return 'crops' if self.context == 1 else 'fields'
 
 
 def load_crops(root, split: str = 'validation', limit: int = 0) -> Crops:
@@ -69,7 +76,10 @@ def load_crops(root, split: str = 'validation', limit: int = 0) -> Crops:
             images.append(np.asarray(im.convert('RGB')))
         with Image.open(mask_path) as im:
             masks.append(np.asarray(im) > 127)
-    return Crops(np.stack(images), np.stack(masks), np.array([k for _, k, _ in items]), [p for _, _, p in items])
+    stamp = root / '.complete'
+    context = float(json.loads(stamp.read_text()).get('context', 1.0)) if stamp.is_file() else 1.0
+    return Crops(np.stack(images), np.stack(masks), np.array([k for _, k, _ in items]), [p for _, _, p in items],
+                 context)
 
 
 def to_batch(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -117,11 +127,13 @@ def measure(models: Dict[str, nn.Module], crops: Crops, mean: Sequence[float], s
     x = to_batch(crops.images, mean, std)
     area = crops.masks.mean(axis=(1, 2))
     centre = mask_share(np.broadcast_to(centred_gaussian(*crops.masks.shape[1:]), crops.masks.shape), crops.masks)
-    out = dict(n=len(x), size=list(x.shape[2:]), explain=explain, area=float(area.mean()), area_se=_se(area), centre=float(centre.mean()),
+    out = dict(n=len(x), size=list(x.shape[2:]), what=crops.kind, explain=explain, area=float(area.mean()),
+               area_se=_se(area), centre=float(centre.mean()),
                centre_se=_se(centre), top1={}, rows=[])
     for name, model in models.items():
         out['top1'][name] = top1(model, x, crops.labels)[0]
-    log(f'{len(x)} crops at {x.shape[2]}x{x.shape[3]}; top-1 ' + ', '.join(f'{k} {v:.1f}' for k, v in out['top1'].items())
+    log(f'{len(x)} {crops.kind} at {x.shape[2]}x{x.shape[3]}; top-1 '
+        + ', '.join(f'{k} {v:.1f}' for k, v in out['top1'].items())
         + f'; mask area share {out["area"]:.3f}; centred Gaussian {out["centre"]:.3f} ({out["centre"] / out["area"]:.2f}x)')
     for layer in layers:
         rows = {m: dict(layer=layer, method=m) for m in methods}
@@ -235,4 +247,5 @@ def figure_panels(models: Dict[str, nn.Module], crops: Crops, mean, std,
 
 def subset(crops: Crops, index: np.ndarray) -> Crops:
     """The crops at ``index``."""
-    return Crops(crops.images[index], crops.masks[index], crops.labels[index], [crops.paths[i] for i in index])
+    return Crops(crops.images[index], crops.masks[index], crops.labels[index], [crops.paths[i] for i in index],
+                 crops.context)

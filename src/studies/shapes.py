@@ -25,6 +25,11 @@ inside the scene (so neighbours and the noisy background show), resized to ``cro
 
     ROOT/cls/masks/{train,validation}/{circle,square,triangle}/000000.png    0/255, the crop's size
 
+With ``crop_context`` C > 1 (the harder set of that check: the object anywhere in a wider field), the crops
+show C times the side around each object at the same object scale: scenes C times larger with the same
+shapes in pixels, windows C times the crop's side with the object anywhere inside them (not centred),
+written at C x ``crop_size`` px.
+
 Every file is written crash-safely (:mod:`src.utils.atomic`); the annotation json of a split is written last,
 so a split with its json present is complete; a crop folder is complete once ``cls/.complete`` exists.
 
@@ -44,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from ..utils.atomic import atomic_write
 
-__all__ = ['CLASSES', 'SEG_CLASSES', 'PALETTE', 'make_shapes', 'make_scene', 'make_crops']
+__all__ = ['CLASSES', 'SEG_CLASSES', 'PALETTE', 'make_shapes', 'make_scene', 'make_crops', 'crop_box', 'context_box']
 
 CLASSES = ('circle', 'square', 'triangle')
 SEG_CLASSES = ('background',) + CLASSES
@@ -112,12 +117,13 @@ def _coco_annotation(ann_id: int, image_id: int, kind: int, poly, mask: np.ndarr
 def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, int] = (128, 96),
                 seed: int = 0, overwrite: bool = False, radius: Tuple[float, float] = RADIUS,
                 objects: Tuple[int, int] = OBJECTS, crops: Tuple[int, int] = (0, 0), crop_size: int = 64,
-                crop_masks: bool = False) -> Path:
+                crop_masks: bool = False, crop_context: float = 1.0) -> Path:
     """Write the dataset under ``root`` (see module docstring); returns ``root`` as a Path.
 
     Deterministic for a given seed; ``size`` is (width, height), each at least 32; ``radius`` and
     ``objects`` as in :func:`make_scene`. ``crops`` = (train, held-out) *scene* counts for the
-    classification crops of :func:`make_crops` (0, 0: none), with their object masks if ``crop_masks``. An existing ``root/coco``, ``root/ade`` or
+    classification crops of :func:`make_crops` (0, 0: none), with their object masks if ``crop_masks``, as wider
+    fields if ``crop_context`` > 1. An existing ``root/coco``, ``root/ade`` or
     ``root/cls`` is an error (stale images would join the new set) unless ``overwrite``, which deletes
     those folders first."""
     width, height = size
@@ -148,7 +154,7 @@ def make_shapes(root, num_train: int = 64, num_val: int = 16, size: Tuple[int, i
         with atomic_write(root / 'coco' / 'annotations' / f'instances_{coco_dir}.json', 'w') as f:
             json.dump(dict(images=images, annotations=annotations, categories=categories), f)
     if any(crops):
-        make_crops(root / 'cls', crops[0], crops[1], size, seed, crop_size, radius, objects, crop_masks)
+        make_crops(root / 'cls', crops[0], crops[1], size, seed, crop_size, radius, objects, crop_masks, crop_context)
     return root
 
 
@@ -173,9 +179,23 @@ def crop_box(rng: np.random.Generator, poly, width: int, height: int) -> Tuple[i
     return x0, y0, x0 + side, y0 + side
 
 
+def context_box(rng: np.random.Generator, poly, width: int, height: int, context: float) -> Tuple[int, int, int, int]:
+    """A square (x0, y0, x1, y1) ``context`` times the side of :func:`crop_box`'s (1.2-1.6 x the box's longer
+    side, at most the scene's shorter side), placed uniformly among the positions that hold the whole box (the
+    object anywhere, not centred), shifted to lie inside the scene."""
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    side = max(max(xs) - min(xs), max(ys) - min(ys)) * float(rng.uniform(1.2, 1.6)) * context
+    side = int(round(min(side, width, height)))
+    x0 = float(rng.uniform(max(xs) - side, min(xs)))
+    y0 = float(rng.uniform(max(ys) - side, min(ys)))
+    x0 = int(round(min(max(x0, 0), width - side)))
+    y0 = int(round(min(max(y0, 0), height - side)))
+    return x0, y0, x0 + side, y0 + side
+
+
 def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128, 96), seed: int = 0,
                crop_size: int = 64, radius: Tuple[float, float] = RADIUS, objects: Tuple[int, int] = OBJECTS,
-               masks: bool = False) -> Path:
+               masks: bool = False, context: float = 1.0) -> Path:
     """Every object of ``num_train`` (``num_val``) new scenes cropped into ``root/train/CLASS/`` (``root/
     validation/CLASS/``) as ``crop_size`` px PNGs; returns ``root``. The scenes come from the random
     streams (seed, 1) and (seed, 2), disjoint from :func:`make_shapes`' own (seed). ``root/.complete`` is
@@ -184,13 +204,20 @@ def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128,
     With ``masks``, each crop's object mask (its own object only, not the neighbours that show) goes to
     ``root/masks/SPLIT/CLASS/`` under the crop's file name: (crop_size, crop_size) PNG of 0/255, cut and
     resized as the crop (bilinear, then > 50%). It draws no random numbers: the crops are byte-identical
-    either way."""
-    width, height = size
+    either way.
+
+    With ``context`` > 1 the crops are wider fields around their objects at the same object scale: scenes
+    ``context`` times ``size`` whose radii are ``radius`` / ``context`` of the shorter side (the same shapes in
+    pixels), windows of :func:`context_box`, written at ``context`` x ``crop_size`` px."""
+    if context < 1:
+        raise ValueError(f'crop context must be at least 1 (1: the crops centred on their objects); got {context}')
+    width, height = round(size[0] * context), round(size[1] * context)
     if num_train < 1 or num_val < 1:
         raise ValueError(f'need crops of at least one train and one held-out scene; got {num_train} and {num_val}')
     if crop_size < 32:
         raise ValueError(f'crop size must be at least 32 px (ConvMLP needs 32); got {crop_size}')
     _check_layout(radius, objects)
+    scene_radius, out_size = (radius[0] / context, radius[1] / context), round(crop_size * context)
     root = Path(root)
     counts = {}
     for stream, (split, count) in enumerate(zip(CROP_SPLITS, (num_train, num_val)), start=1):
@@ -198,14 +225,15 @@ def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128,
         index = 0
         per_class = [0] * len(CLASSES)
         for _ in range(count):
-            img, _label, instances = make_scene(rng, width, height, radius, objects)
+            img, _label, instances = make_scene(rng, width, height, scene_radius, objects)
             scene = Image.fromarray(img)
             for kind, poly, mask in instances:
-                box = crop_box(rng, poly, width, height)
-                crop = scene.crop(box).resize((crop_size, crop_size), Image.BICUBIC)
+                box = (crop_box(rng, poly, width, height) if context == 1
+                       else context_box(rng, poly, width, height, context))
+                crop = scene.crop(box).resize((out_size, out_size), Image.BICUBIC)
                 _write_image(root / split / CLASSES[kind] / f'{index:06d}.png', np.asarray(crop), 'PNG')
                 if masks:
-                    cut = Image.fromarray(mask * 255).crop(box).resize((crop_size, crop_size), Image.BILINEAR)
+                    cut = Image.fromarray(mask * 255).crop(box).resize((out_size, out_size), Image.BILINEAR)
                     _write_image(root / 'masks' / split / CLASSES[kind] / f'{index:06d}.png',
                                  np.where(np.asarray(cut) > 127, 255, 0).astype(np.uint8), 'PNG')
                 index += 1
@@ -216,5 +244,5 @@ def make_crops(root, num_train: int, num_val: int, size: Tuple[int, int] = (128,
         counts[split] = per_class
     with atomic_write(root / '.complete', 'w') as f:
         json.dump(dict(classes=list(CLASSES), counts=counts, size=list(size), crop_size=crop_size, seed=seed,
-                       masks=masks), f)
+                       masks=masks, context=context), f)
     return root

@@ -6,6 +6,8 @@ weights (src/studies/cam_localization.py); with --docs, the table and the pictur
         --crops 1500 300 --crop-size 64 --seed 0 --crop-masks        # the transfer workflow's crops, + masks
     python tools/cam_localization.py --checkpoint work_dirs/transfer/pretrain/best.pth.tar --data data/cam/cls
     python tools/cam_localization.py --checkpoint RUN/best.pth.tar --data data/cam/cls --docs docs
+    python tools/cam_localization.py --checkpoint work_dirs/cam/fields/best.pth.tar --data data/cam_field/cls \
+        --docs docs --tag cam_fields                 # fields (--crop-context 2) and their classifier: docs/cam.md
 
 Bad input (no masks, a checkpoint whose input size is not the crops') is one line and exit code 2.
 """
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
         panels = C.figure_panels(models, picks, mean, std, rows)
         title = (f"Held-out {crops.kind} (the first of each class in turn), their object outlined; below, maps of "
                  f"the predicted "
-                 f"class: its name (red: wrong) and the crop's in-mask share. Classifier top-1 {result['top1']['trained']:.1f}.")
+                 f"class: its name (red: wrong) and the map's in-mask share. Classifier top-1 {result['top1']['trained']:.1f}.")
         from src.explain.feature_maps import png_bytes
         from src.utils.atomic import atomic_write
         with atomic_write(args.docs / f'{args.tag}.png') as f:

@@ -14,8 +14,9 @@ method and the layer.
 
 Methods (--method): gradcam (default), gradcam++, xgradcam, hirescam, gradcamelementwise, layercam,
 eigencam (class-agnostic: --class has no effect), eigengradcam; pytorch-grad-cam computes them.
-Layers (--layer): tokenizer (stride 4), conv_stage (8), stage1 (8), stage2 (16), stage3 (32, the default:
-the last stage), norm (the final LayerNorm, 32); module names like stages.1.blocks.0 too. A map coarser than
+Layers (--layer): tokenizer (stride 4), conv_block (4: the conv stage's last block), conv_stage (8), stage1
+(8), stage2 (16), stage3 (32, the default: the last stage), norm (the final LayerNorm, 32); module names like
+stages.1.blocks.0 too. A map coarser than
 4x4 (the last stage of a 64 px input is 2x2) gets a warning naming the layers that are finer at that size.
 Bad input (missing file, not an image, empty folder, unknown layer, method or class): one ``cam.py: error:``
 line, exit code 2.
@@ -127,8 +128,8 @@ def main(argv=None) -> int:
     add_model_args(p)
     p.set_defaults(model=None)  # None: the run's architecture (from its checkpoint), else convmlp_s
     p.add_argument('--method', default='gradcam', type=str.lower, help=f'{", ".join(METHODS)} (default gradcam)')
-    p.add_argument('--layer', default=None, help='tokenizer, conv_stage, stage1, stage2, stage3 (default: the last '
-                                                 'stage), norm, or a module name')
+    p.add_argument('--layer', default=None, help='tokenizer, conv_block, conv_stage, stage1, stage2, stage3 (default: '
+                                                 'the last stage), norm, or a module name')
     p.add_argument('--class', dest='target', default=None, metavar='NAME_OR_INDEX',
                    help='explain this class in every image (default: each image\'s predicted class)')
     p.add_argument('--out', type=Path, default=Path('cams'), help='folder for the pictures (default cams/)')

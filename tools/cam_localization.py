@@ -26,11 +26,11 @@ import torch  # noqa: E402
 from src.utils.errors import UsageError, fail  # noqa: E402
 from src.utils.precision import cpu_name  # noqa: E402
 
-LAYERS = 'tokenizer,conv_stage,stage1,stage2,stage3,norm'
+LAYERS = 'tokenizer,conv_block,conv_stage,stage1,stage2,stage3,norm'
 METHODS = 'gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam'
 # the picture's rows: model:method:layer; first the tool's default layer, then the best-scoring one at 64 px
-FIGURE_ROWS = ('trained:gradcam:stage3,trained:gradcam:conv_stage,trained:gradcam++:conv_stage,'
-               'trained:layercam:conv_stage,trained:gradcam:stage1,trained:eigencam:conv_stage,random:gradcam:conv_stage')
+FIGURE_ROWS = ('trained:gradcam:stage3,trained:gradcam:conv_block,trained:gradcam:conv_stage,'
+               'trained:gradcam++:stage1,trained:layercam:conv_block,trained:eigencam:conv_block,random:gradcam:conv_block')
 TAG = 'cam_localization'   # the docs' picture DOCS/TAG.png and block <!-- TAG:start --> ... <!-- TAG:end --> of cam.md
 
 

@@ -65,13 +65,18 @@ def convmlp_layers(model: ConvMLP) -> Dict[str, CamLayer]:
     """ConvMLP's target layers by readable name, shallow to deep (strides for the default tokenizer):
 
     ``tokenizer``    the conv tokenizer's output, NCHW, stride 4
+    ``conv_block``   the conv stage's last block: its conv-BN-ReLU branch (post-ReLU: the residual sum is
+                     formed outside the module), NCHW, stride 4; absent without conv blocks
     ``conv_stage``   the conv stage's output (after its 3x3/2 conv), NCHW, stride 8
     ``stage1``..     the last block of MLP stage i: the stage's own map before the downsample to the next
                      one, channels-last (permuted), strides 8, 16, 32; the last one is the default
     ``norm``         the final LayerNorm, the map the head averages, channels-last (permuted), stride 32
     """
-    layers = {'tokenizer': CamLayer('tokenizer', model.tokenizer, False, 'tokenizer output, stride 4'),
-              'conv_stage': CamLayer('conv_stage', model.conv_stages, False, 'conv stage output, stride 8')}
+    layers = {'tokenizer': CamLayer('tokenizer', model.tokenizer, False, 'tokenizer output, stride 4')}
+    if len(model.conv_stages.conv_blocks):
+        layers['conv_block'] = CamLayer('conv_block', model.conv_stages.conv_blocks[-1], False,
+                                        'the conv stage\'s last block (its conv-BN-ReLU branch), stride 4')
+    layers['conv_stage'] = CamLayer('conv_stage', model.conv_stages, False, 'conv stage output, stride 8')
     for i, stage in enumerate(model.stages):
         layers[f'stage{i + 1}'] = CamLayer(f'stage{i + 1}', stage.blocks[-1], True,
                                            f'MLP stage {i + 1}, its last block, stride {2 ** (i + 3)}')

@@ -293,8 +293,8 @@ def test_maps_of_a_trained_convmlp_fall_on_the_object(crops_root):
     asked of the transfer workflow's classifier, measured in docs/cam.md (GradCAM 2.12x at conv_block on its
     crops, the one method at 2x there; on fields, fine-tuned, every gradient method 2.45-2.88x at conv_block);
     this model is smaller, trained 150 steps, and its maps vary with the seed (GradCAM at conv_block 1.55x over
-    three seeds; 1.6-1.8x with two conv blocks and 300 steps, a minute of training). Fields are no test here: this model stays at chance on
-    them after 600 steps (4 minutes)."""
+    three seeds; 1.6-1.8x with two conv blocks and 300 steps, a minute of training). Fields are no test here:
+    this model stays at chance on them after 600 steps (4 minutes)."""
     train = C.load_crops(crops_root, 'train')
     trained = train_tiny(train)
     held_out = C.load_crops(crops_root)

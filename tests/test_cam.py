@@ -1,7 +1,7 @@
 """Class activation maps (issue 24): every method and layer on odd input sizes, ConvMLP's channels-last layers
-handled inside (the library's map equals GradCAM written out with autograd), the same call on a torchvision
-ResNet-18, the model left as it was, the crops' object masks, the measured check on a small ConvMLP trained
-here and its tool, and the command line's one-line errors."""
+handled inside (the library's map equals GradCAM written out with autograd), the library's smoothings on the
+shared pass, the same call on a torchvision ResNet-18, the model left as it was, the crops' object masks, the
+measured check on a small ConvMLP trained here and its tool, and the command line's one-line errors."""
 import json
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from helpers import load_tool
-from src.convmlp import ConvMLP, convmlp_s
+from src.convmlp import ConvMLP, convmlp_s, nchw_view
 from src.explain.cam import (METHODS, class_activation_maps, convmlp_layers, layer_map_sizes, maps_by_method,
                              resolve_class)
 from src.studies import cam_localization as C
@@ -61,6 +61,27 @@ def test_methods_sharing_a_pass_equal_each_method_alone(model):
         alone = class_activation_maps(model, x, method, 'stage2', target=[0, 2, 1])
         assert np.array_equal(alone.maps, together[method].maps), method
         assert alone.classes == together[method].classes == [0, 2, 1]
+
+
+@pytest.mark.parametrize('smooth', [dict(eigen_smooth=True), dict(aug_smooth=True)], ids=['eigen', 'aug'])
+def test_smoothed_maps_equal_the_librarys_own_smoothing(model, smooth):
+    """eigen_smooth and aug_smooth through the shared pass (aug: one pass per augmentation, each map mapped
+    back) give the library's own call's maps, method by method; and they differ from the unsmoothed map."""
+    from src.explain.cam import _ClassScore, _library_class, resolve_layer
+    x = torch.randn(3, 3, 47, 65)
+    methods = ['gradcam', 'xgradcam', 'layercam', 'hirescam']
+    together = maps_by_method(model, x, methods, 'stage1', target=[0, 2, 1], **smooth)
+    layer = resolve_layer(model, 'stage1')
+    for method in methods:
+        library = _library_class(method)(model=model, target_layers=[layer.module], reshape_transform=nchw_view)
+        own = library(input_tensor=x.clone().requires_grad_(True), targets=[_ClassScore(i) for i in (0, 2, 1)],
+                      **smooth)
+        assert np.abs(together[method].maps - own).max() < 1e-6, method
+        assert together[method].maps.shape == (3, 47, 65) and together[method].classes == [0, 2, 1]
+        plain = class_activation_maps(model, x, method, 'stage1', target=[0, 2, 1]).maps
+        assert np.abs(plain - own).max() > 1e-3, method
+    predicted = class_activation_maps(model, x, 'gradcam', 'conv_block', aug_smooth=True)
+    assert predicted.classes == model(x).argmax(-1).tolist()  # of the image as given, in every augmentation
 
 
 def test_convmlp_s_default_layer_is_the_last_stage():
@@ -291,7 +312,7 @@ def test_maps_of_a_trained_convmlp_fall_on_the_object(crops_root):
     measured) and than the same model with random weights (0.67x), at stage1 (8x8 at 64 px); GradCAM++ too
     (>= 1.1x; 1.2-2.2x over two training seeds, random weights 0.6x). Weaker than the issue's 2x: that is
     asked of the transfer workflow's classifier, measured in docs/cam.md (GradCAM 2.12x at conv_block on its
-    crops, the one method at 2x there; on fields, fine-tuned, every gradient method 2.45-2.88x at conv_block);
+    crops, XGradCAM 2.35x there eigen-smoothed; on fields, fine-tuned, every gradient method 2.45-2.88x);
     this model is smaller, trained 150 steps, and its maps vary with the seed (GradCAM at conv_block 1.55x over
     three seeds; 1.6-1.8x with two conv blocks and 300 steps, a minute of training). Fields are no test here:
     this model stays at chance on them after 600 steps (4 minutes)."""
@@ -343,6 +364,9 @@ def test_cli_draws_one_picture_per_image_mirroring_folders(checkpoint, tmp_path,
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob('*')) == ['a.png', 'c.png', 'sub', 'sub/b.png']
     with Image.open(out / 'a.png') as im:
         assert im.mode == 'RGB' and im.size[0] > 2 * 192 and im.size[1] > 192
+    assert load_tool('cam').main([str(single), '--checkpoint', str(checkpoint), '--layer', 'conv_block',
+                                  '--eigen-smooth', '--out', str(tmp_path / 'smooth')]) == 0
+    assert 'gradcam +eigen_smooth at conv_block' in capsys.readouterr().out and (tmp_path / 'smooth/c.png').is_file()
 
 
 @pytest.mark.parametrize('case,message', [
@@ -392,3 +416,11 @@ def test_localization_tool_writes_the_table_and_picture(checkpoint, crops_root, 
         tool.main([*argv, '--docs', str(docs), '--tag', 'cam_fields'])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count('\n') == 1 and '<!-- cam_fields:start -->' in err, err
+    with pytest.raises(SystemExit) as stop:  # smoothing asked of numbers measured without it
+        tool.main([*argv, '--reuse', str(tmp_path / 'n.json'), '--eigen-smooth'])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count('\n') == 1 and "smoothing none, not ['eigen']" in err, err
+    assert tool.main([*argv, '--eigen-smooth', '--json', str(tmp_path / 'e.json')]) == 0
+    smoothed = json.loads((tmp_path / 'e.json').read_text())
+    assert smoothed['smooth'] == ['eigen'] and "smoothed by the library's eigen_smooth" in capsys.readouterr().out
+    assert [r['trained'] for r in smoothed['rows']] != [r['trained'] for r in numbers['rows']]

@@ -13,7 +13,8 @@ where the class score depends most on the map), and the class explained with its
 method and the layer.
 
 Methods (--method): gradcam (default), gradcam++, xgradcam, hirescam, gradcamelementwise, layercam,
-eigencam (class-agnostic: --class has no effect), eigengradcam; pytorch-grad-cam computes them.
+eigencam (class-agnostic: --class has no effect), eigengradcam; pytorch-grad-cam computes them, smoothed on
+request as the library smooths (--eigen-smooth, --aug-smooth).
 Layers (--layer): tokenizer (stride 4), conv_block (4: the conv stage's last block), conv_stage (8), stage1
 (8), stage2 (16), stage3 (32, the default: the last stage), norm (the final LayerNorm, 32); module names like
 stages.1.blocks.0 too. A map coarser than
@@ -130,6 +131,10 @@ def main(argv=None) -> int:
     p.add_argument('--method', default='gradcam', type=str.lower, help=f'{", ".join(METHODS)} (default gradcam)')
     p.add_argument('--layer', default=None, help='tokenizer, conv_block, conv_stage, stage1, stage2, stage3 (default: '
                                                  'the last stage), norm, or a module name')
+    p.add_argument('--eigen-smooth', action='store_true', help="the library's eigen_smooth: the map is the first "
+                   "principal component of the method's weighted activations (less noise; its sign arbitrary)")
+    p.add_argument('--aug-smooth', action='store_true', help="the library's aug_smooth: the mean map over six "
+                   'test-time augmentations (flip x intensity; six times the passes)')
     p.add_argument('--class', dest='target', default=None, metavar='NAME_OR_INDEX',
                    help='explain this class in every image (default: each image\'s predicted class)')
     p.add_argument('--out', type=Path, default=Path('cams'), help='folder for the pictures (default cams/)')
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument('--batch-size', type=int, default=16, help='images per pass (default 16)')
     p.add_argument('--use-ema', action='store_true', help="a run's EMA weights (needs a run with --model-ema)")
     args = p.parse_args(argv)
-    from src.explain.cam import class_activation_maps, resolve_class, resolve_layer
+    from src.explain.cam import class_activation_maps, resolve_class, resolve_layer, smoothing_names
     if args.method not in METHODS:
         fail(f'unknown --method {args.method!r}: choose one of {", ".join(METHODS)}')
     if not 0 <= args.alpha <= 1 or args.batch_size < 1:
@@ -158,6 +163,7 @@ def main(argv=None) -> int:
     if target is not None and args.method == 'eigencam':
         print('note: eigencam is class-agnostic: the map is the same for every class (--class only sets the title)',
               file=sys.stderr)
+    smooth = ''.join(f' +{name}_smooth' for name in smoothing_names(args.eigen_smooth, args.aug_smooth))
     geometry, to_tensor = eval_views(clf.data_cfg)
     weights = clf.weights if len(clf.weights) <= 40 else '...' + clf.weights[-37:]
     from PIL import Image
@@ -169,7 +175,8 @@ def main(argv=None) -> int:
         except UsageError as e:
             fail(e)
         batch = torch.stack([to_tensor(v) for v in views])
-        result = class_activation_maps(clf.model, batch, args.method, layer, target)
+        result = class_activation_maps(clf.model, batch, args.method, layer, target, eigen_smooth=args.eigen_smooth,
+                                       aug_smooth=args.aug_smooth)
         if not warned:
             warned = True
             message = coarse_map_warning(clf.model, layer, result.map_size, batch.shape[2:])
@@ -178,10 +185,10 @@ def main(argv=None) -> int:
         for (source, out), view, cam, index, prob in zip(chunk, views, result.maps, result.classes, result.probs):
             kind = 'requested' if target is not None else 'predicted'
             title = (f'{source.name}: {kind} {clf.names[index]} ({index}), p = {prob:.2f}\n'
-                     f'{args.method} at {layer} ({result.map_size[0]}x{result.map_size[1]} map, '
+                     f'{args.method}{smooth} at {layer} ({result.map_size[0]}x{result.map_size[1]} map, '
                      f'{batch.shape[2]}x{batch.shape[3]} input); {args.model}, {weights}')
             save_png(picture(np.asarray(view), cam, title, args.alpha), out)
-    print(f'wrote {len(pairs)} picture(s) to {args.out} ({args.method} at {layer}; {args.model}, weights: '
+    print(f'wrote {len(pairs)} picture(s) to {args.out} ({args.method}{smooth} at {layer}; {args.model}, weights: '
           f'{clf.weights}; class names from {clf.names_from})')
     return 0
 

@@ -29,9 +29,17 @@ from src.utils.precision import cpu_name  # noqa: E402
 LAYERS = 'tokenizer,conv_block,conv_stage,stage1,stage2,stage3,norm'
 METHODS = 'gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam'
 # the picture's rows: model:method:layer; first the tool's default layer, then the best-scoring one at 64 px
-FIGURE_ROWS = ('trained:gradcam:stage3,trained:gradcam:conv_block,trained:gradcam:conv_stage,'
-               'trained:gradcam++:stage1,trained:layercam:conv_block,trained:eigencam:conv_block,random:gradcam:conv_block')
+FIGURE_ROWS = ('trained:gradcam:stage3,trained:gradcam:conv_block,trained:gradcam:conv_stage,trained:gradcam++:stage1,'
+               'trained:layercam:conv_block,trained:eigencam:conv_block,random:gradcam:conv_block')
 TAG = 'cam_localization'   # the docs' picture DOCS/TAG.png and block <!-- TAG:start --> ... <!-- TAG:end --> of cam.md
+
+
+def _smoothing(result: dict) -> str:
+    """The header's words for the run's smoothing (the library's eigen_smooth, aug_smooth), if any."""
+    words = {'eigen': "eigen_smooth (the first principal component of each method's weighted activations)",
+             'aug': 'aug_smooth (the mean over six test-time augmentations)'}
+    smooth = [words[s] for s in result.get('smooth', [])]
+    return ', smoothed by the library\'s ' + ' and '.join(smooth) if smooth else ''
 
 
 def report(result: dict):
@@ -42,7 +50,8 @@ def report(result: dict):
     header = (f"{result['n']} held-out {what} ({result['split']}) at {result['size'][0]}x{result['size'][1]} px; "
               f"the classifier's top-1 on them "
               f"{result['top1']['trained']:.1f} (random weights {result['top1']['random']:.1f}); each map explains "
-              f"the {result['explain']} class. Each cell: the mean share of the map's mass inside the object's mask, as a "
+              f"the {result['explain']} class{_smoothing(result)}. Each cell: the mean share of the map's mass inside "
+              f"the object's mask, as a "
               f"multiple of the masks' mean area share {area:.3f} (what a uniform map gets), for the trained classifier "
               f"/ the same ConvMLP-S with random weights. A centred Gaussian (sigma a quarter of the side) gets "
               f"{result['centre']:.3f}, {result['centre'] / area:.2f}x. Bold: at least {FOLD:g}x and above random weights.")
@@ -67,6 +76,10 @@ def main(argv=None) -> int:
     p.add_argument('--layers', default=LAYERS, help=f'comma-separated (default {LAYERS})')
     p.add_argument('--explain', choices=('predicted', 'true'), default='predicted',
                    help="the class each map explains: the model's prediction (default) or the crop's label")
+    p.add_argument('--eigen-smooth', action='store_true', help="the library's eigen_smooth: each map the first "
+                   "principal component of the method's weighted activations")
+    p.add_argument('--aug-smooth', action='store_true', help="the library's aug_smooth: each map the mean over six "
+                   'test-time augmentations (six times the passes)')
     p.add_argument('--seed', type=int, default=0, help='seed of the random-weight model (default 0)')
     p.add_argument('--threads', type=int, default=2, help='torch threads (default 2)')
     p.add_argument('--json', type=Path, help='write every number here')
@@ -97,7 +110,7 @@ def main(argv=None) -> int:
     models = {'trained': clf.model, 'random': random_model}
     mean, std = clf.data_cfg['mean'], clf.data_cfg['std']
     methods, layers = args.methods.split(','), args.layers.split(',')
-    from src.explain.cam import METHODS as KNOWN, resolve_layer
+    from src.explain.cam import METHODS as KNOWN, resolve_layer, smoothing_names
     for m in methods:
         if m not in KNOWN:
             fail(f'unknown method {m!r} in --methods: choose from {", ".join(KNOWN)}')
@@ -109,10 +122,15 @@ def main(argv=None) -> int:
 
     if args.reuse:
         result = json.loads(args.reuse.read_text())
+        asked = smoothing_names(args.eigen_smooth, args.aug_smooth)
+        if asked and asked != result.get('smooth', []):
+            fail(f'--reuse {args.reuse} was measured with smoothing {result.get("smooth", []) or "none"}, not '
+                 f'{asked}: drop the smoothing flags (the file decides) or measure again')
         print(f'numbers from {args.reuse} ({result["command"]})')
     else:
         load_before, tic, cpu0 = os.getloadavg(), time.time(), time.process_time()
-        result = C.measure(models, crops, mean, std, methods, layers, args.explain)
+        result = C.measure(models, crops, mean, std, methods, layers, args.explain, eigen_smooth=args.eigen_smooth,
+                           aug_smooth=args.aug_smooth)
         wall, cpu = time.time() - tic, time.process_time() - cpu0
         command = 'python tools/cam_localization.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         result.update(command=command, checkpoint=str(args.checkpoint or args.model), weights=clf.weights,
@@ -127,7 +145,8 @@ def main(argv=None) -> int:
     if args.docs:
         rows = [tuple(r.split(':')) for r in args.figure_rows.split(',')]
         picks = C.subset(crops, C.pick_crops(crops.labels, args.figure_crops))
-        panels = C.figure_panels(models, picks, mean, std, rows)
+        smooth = result.get('smooth', [])
+        panels = C.figure_panels(models, picks, mean, std, rows, 'eigen' in smooth, 'aug' in smooth)
         title = (f"Held-out {crops.kind} (the first of each class in turn), their object outlined; below, maps of "
                  f"the predicted "
                  f"class: its name (red: wrong) and the map's in-mask share. Classifier top-1 {result['top1']['trained']:.1f}.")

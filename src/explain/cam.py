@@ -30,8 +30,8 @@ from torch import nn
 from ..convmlp import ConvMLP, nchw_view
 
 __all__ = ['METHODS', 'CamLayer', 'CamResult', 'convmlp_layers', 'default_layer', 'resolve_layer',
-           'layer_map_sizes', 'resolve_class', 'class_activation_maps', 'maps_by_method', 'overlay',
-           'MIN_MAP_SIDE']
+           'layer_map_sizes', 'resolve_class', 'class_activation_maps', 'maps_by_method', 'smoothing_names',
+           'overlay', 'MIN_MAP_SIDE']
 
 # name -> (pytorch_grad_cam class, what it computes). All cost one forward and one backward pass (EigenCAM
 # none); the library's ScoreCAM and AblationCAM (a forward per channel) and FullGrad (every bias, no layer)
@@ -262,24 +262,72 @@ class CamResult:
 
 def class_activation_maps(model: nn.Module, images: torch.Tensor, method: str = 'gradcam',
                           layer: Optional[str] = None, target=None, names: Optional[Sequence[str]] = None,
-                          channels_last: Optional[bool] = None) -> CamResult:
+                          channels_last: Optional[bool] = None, eigen_smooth: bool = False,
+                          aug_smooth: bool = False) -> CamResult:
     """One map per image of ``images`` (B, C, H, W), preprocessed as the model expects: ``method`` of
     :data:`METHODS` at ``layer`` (:func:`resolve_layer`; default :func:`default_layer`), explaining
     ``target`` (None: each image's predicted class; an index or a name of ``names`` for all images; or one per
     image). The library upsamples each map bilinearly to H x W and scales it to [0, 1].
 
+    The library's two smoothings: ``eigen_smooth``, each map the first principal component of the method's
+    weighted activations instead of their sum over channels (less noise; its sign arbitrary, as EigenCAM's;
+    the library's full SVD, whose (h*w) x (h*w) matrix is 40 MB at a 56x56 map and 1 GB at 128x128);
+    ``aug_smooth``, the mean of the maps of its test-time augmentations (horizontal flip x intensity 0.9, 1,
+    1.1: six passes), each mapped back, all explaining the class of the image as given.
+
     Works under ``torch.no_grad()``/``inference_mode`` and on frozen models. The model is left as it was:
     train/eval mode, ``requires_grad`` and ``.grad`` of its parameters (it runs in eval mode with the
     parameters' gradients off: the gradient reaches the layer through the input)."""
-    return maps_by_method(model, images, [method], layer, target, names, channels_last)[method.lower()]
+    return maps_by_method(model, images, [method], layer, target, names, channels_last, eigen_smooth,
+                          aug_smooth)[method.lower()]
+
+
+def smoothing_names(eigen_smooth: bool, aug_smooth: bool) -> List[str]:
+    """The smoothings asked for, by name ('eigen', 'aug'), for titles and reports."""
+    return [name for name, on in (('eigen', eigen_smooth), ('aug', aug_smooth)) if on]
+
+
+def _shared_pass(cams: dict, runner: str, x: torch.Tensor, targets: list, eigen_smooth: bool, layer: str) -> dict:
+    """{method: (B, H, W) maps} at ``layer`` from one forward and one backward pass, run by ``cams[runner]``;
+    each other method's library object computes its maps from that pass's activations and gradients, as its
+    own call would."""
+    first = cams[runner]
+    try:
+        maps = {runner: first(input_tensor=x, targets=targets, eigen_smooth=eigen_smooth)}
+    except Exception:
+        if not first.activations_and_grads.activations:
+            raise ValueError(f'layer {layer!r} gave no output: its module is not called as a module in the forward '
+                             f'pass; choose another') from None
+        raise
+    shared = first.activations_and_grads
+    for m, cam in cams.items():
+        if m != runner:  # the library's steps after its backward pass, on the shared hooks' tensors
+            cam.activations_and_grads.activations = shared.activations
+            cam.activations_and_grads.gradients = shared.gradients
+            maps[m] = cam.aggregate_multi_layers(cam.compute_cam_per_layer(x, targets, eigen_smooth))
+    return maps
+
+
+def _augmented_maps(cams: dict, runner: str, x: torch.Tensor, targets: list, eigen_smooth: bool, layer: str) -> dict:
+    """The library's ``aug_smooth`` on the shared pass: each test-time augmentation of ``x`` (its
+    ``tta_transforms``) through :func:`_shared_pass`, each map mapped back, the mean per method."""
+    total = {}
+    transforms = list(cams[runner].tta_transforms)
+    for transform in transforms:
+        maps = _shared_pass(cams, runner, transform.augment_image(x), targets, eigen_smooth, layer)
+        for m, v in maps.items():
+            back = transform.deaugment_mask(torch.from_numpy(np.float32(v))[:, None])[:, 0].numpy()
+            total[m] = total.get(m, 0) + back
+    return {m: v / len(transforms) for m, v in total.items()}
 
 
 def maps_by_method(model: nn.Module, images: torch.Tensor, methods: Sequence[str], layer: Optional[str] = None,
-                   target=None, names: Optional[Sequence[str]] = None,
-                   channels_last: Optional[bool] = None) -> Dict[str, CamResult]:
+                   target=None, names: Optional[Sequence[str]] = None, channels_last: Optional[bool] = None,
+                   eigen_smooth: bool = False, aug_smooth: bool = False) -> Dict[str, CamResult]:
     """:func:`class_activation_maps` for several methods at once: {method: result}. They share one forward
-    and one backward pass (the library's hooks of the first method); each method's library object then
-    computes its map from those activations and gradients, as its own call would."""
+    and one backward pass (the library's hooks of the first method; with ``aug_smooth``, one per
+    augmentation); each method's library object then computes its map from those activations and gradients,
+    as its own call would."""
     methods = list(dict.fromkeys(m.lower() for m in methods))
     if not methods:
         raise ValueError(f'no CAM method given: choose from {", ".join(METHODS)}')
@@ -301,22 +349,17 @@ def maps_by_method(model: nn.Module, images: torch.Tensor, methods: Sequence[str
             x = images.detach().clone().requires_grad_(True)
             cams = {m: classes[m](model=model, target_layers=[chosen.module], reshape_transform=reshape)
                     for m in methods}
-            first = cams[runner]
-            try:
-                maps = {runner: first(input_tensor=x, targets=targets)}
-            except Exception:
-                if not first.activations_and_grads.activations:
-                    raise ValueError(f'layer {chosen.name!r} gave no output: its module is not called as a module '
-                                     f'in the forward pass; choose another') from None
-                raise
-            shared = first.activations_and_grads
-            for m, cam in cams.items():
-                if m != runner:  # the library's steps after its backward pass, on the shared hooks' tensors
-                    cam.activations_and_grads.activations = shared.activations
-                    cam.activations_and_grads.gradients = shared.gradients
-                    maps[m] = cam.aggregate_multi_layers(cam.compute_cam_per_layer(x, targets, False))
-            activation = shared.activations[0]
-            outputs = first.outputs.detach()
+            if aug_smooth:  # every augmentation explains the class of the image as given
+                with torch.no_grad():
+                    outputs = model(images)
+                if outputs.dim() == 2:
+                    targets = [_ClassScore(int(outputs[i].argmax()) if t.index is None else t.index)
+                               for i, t in enumerate(targets)]
+                maps = _augmented_maps(cams, runner, x, targets, eigen_smooth, chosen.name)
+            else:
+                maps = _shared_pass(cams, runner, x, targets, eigen_smooth, chosen.name)
+                outputs = cams[runner].outputs.detach()
+            activation = cams[runner].activations_and_grads.activations[0]
     finally:
         for cam in cams.values():
             cam.activations_and_grads.release()

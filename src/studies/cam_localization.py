@@ -115,19 +115,22 @@ def top1(model: nn.Module, x: torch.Tensor, labels: np.ndarray, batch: int = 128
 
 def measure(models: Dict[str, nn.Module], crops: Crops, mean: Sequence[float], std: Sequence[float],
             methods: Sequence[str], layers: Sequence[str], explain: str = 'predicted', batch: int = 64,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, eigen_smooth: bool = False, aug_smooth: bool = False) -> dict:
     """The in-mask share of every method x layer for each model (e.g. {'trained': ..., 'random': ...}).
 
-    ``explain``: 'predicted' (each model's own predicted class) or 'true' (the crop's label). Returns
-    {n, size, area, area_se, centre, centre_se, top1: {model: %}, rows: [{layer, method, map_size,
-    MODEL: mean share, MODEL_se: its standard error, MODEL_s: seconds}, ...]} (rows layer by layer)."""
-    from ..explain.cam import maps_by_method
+    ``explain``: 'predicted' (each model's own predicted class) or 'true' (the crop's label); ``eigen_smooth``,
+    ``aug_smooth``: the library's smoothings (:func:`src.explain.cam.class_activation_maps`). Returns
+    {n, size, area, area_se, centre, centre_se, top1: {model: %}, smooth: [...], rows: [{layer, method,
+    map_size, MODEL: mean share, MODEL_se: its standard error, MODEL_s: seconds}, ...]} (rows layer by layer)."""
+    from ..explain.cam import maps_by_method, smoothing_names
     if explain not in ('predicted', 'true'):
         raise ValueError(f"explain must be 'predicted' or 'true'; got {explain!r}")
     x = to_batch(crops.images, mean, std)
     area = crops.masks.mean(axis=(1, 2))
     centre = mask_share(np.broadcast_to(centred_gaussian(*crops.masks.shape[1:]), crops.masks.shape), crops.masks)
-    out = dict(n=len(x), size=list(x.shape[2:]), what=crops.kind, explain=explain, area=float(area.mean()),
+    smooth = smoothing_names(eigen_smooth, aug_smooth)
+    out = dict(n=len(x), size=list(x.shape[2:]), what=crops.kind, explain=explain, smooth=smooth,
+               area=float(area.mean()),
                area_se=_se(area), centre=float(centre.mean()),
                centre_se=_se(centre), top1={}, rows=[])
     for name, model in models.items():
@@ -142,7 +145,8 @@ def measure(models: Dict[str, nn.Module], crops: Crops, mean: Sequence[float], s
             shares = {m: [] for m in methods}
             for i in range(0, len(x), batch):
                 target = None if explain == 'predicted' else [int(c) for c in crops.labels[i:i + batch]]
-                results = maps_by_method(model, x[i:i + batch], methods, layer, target)
+                results = maps_by_method(model, x[i:i + batch], methods, layer, target, eigen_smooth=eigen_smooth,
+                                         aug_smooth=aug_smooth)
                 for m, r in results.items():
                     shares[m].append(mask_share(r.maps, crops.masks[i:i + batch]))
                     rows[m]['map_size'] = list(r.map_size)
@@ -232,15 +236,17 @@ def crop_grid(crops: Crops, panels: Sequence[Tuple[str, Dict]], title: str = '')
 
 
 def figure_panels(models: Dict[str, nn.Module], crops: Crops, mean, std,
-                  rows: Sequence[Tuple[str, str, str]]) -> List[Tuple[str, Dict]]:
+                  rows: Sequence[Tuple[str, str, str]], eigen_smooth: bool = False,
+                  aug_smooth: bool = False) -> List[Tuple[str, Dict]]:
     """The panels of :func:`crop_grid` for ``rows`` of (model name, method, layer): maps of the predicted
-    class and their in-mask shares."""
-    from ..explain.cam import class_activation_maps
+    class (smoothed as :func:`measure`) and their in-mask shares."""
+    from ..explain.cam import class_activation_maps, smoothing_names
     x = to_batch(crops.images, mean, std)
+    smooth = ''.join(f' +{name}' for name in smoothing_names(eigen_smooth, aug_smooth))
     panels = []
     for name, method, layer in rows:
-        r = class_activation_maps(models[name], x, method, layer)
-        panels.append((f'{method}\n{layer} ({r.map_size[0]}x{r.map_size[1]})\n{name}',
+        r = class_activation_maps(models[name], x, method, layer, eigen_smooth=eigen_smooth, aug_smooth=aug_smooth)
+        panels.append((f'{method}{smooth}\n{layer} ({r.map_size[0]}x{r.map_size[1]})\n{name}',
                        dict(maps=r.maps, classes=r.classes, shares=mask_share(r.maps, crops.masks))))
     return panels
 

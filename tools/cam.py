@@ -17,8 +17,8 @@ eigencam (class-agnostic: --class has no effect), eigengradcam; pytorch-grad-cam
 request as the library smooths (--eigen-smooth, --aug-smooth).
 Layers (--layer): tokenizer (stride 4), conv_block (4: the conv stage's last block), conv_stage (8), stage1
 (8), stage2 (16), stage3 (32, the default: the last stage), norm (the final LayerNorm, 32); module names like
-stages.1.blocks.0 too. A map coarser than
-4x4 (the last stage of a 64 px input is 2x2) gets a warning naming the layers that are finer at that size.
+stages.1.blocks.0 too. A map coarser than 4x4 (the last stage of a 64 px input is 2x2) gets a warning naming
+the layers that are finer at that size.
 Bad input (missing file, not an image, empty folder, unknown layer, method or class): one ``cam.py: error:``
 line, exit code 2.
 """

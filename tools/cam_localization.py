@@ -51,8 +51,7 @@ def report(result: dict):
               f"the classifier's top-1 on them "
               f"{result['top1']['trained']:.1f} (random weights {result['top1']['random']:.1f}); each map explains "
               f"the {result['explain']} class{_smoothing(result)}. Each cell: the mean share of the map's mass inside "
-              f"the object's mask, as a "
-              f"multiple of the masks' mean area share {area:.3f} (what a uniform map gets), for the trained classifier "
+              f"the object's mask, as a multiple of the masks' mean area share {area:.3f} (what a uniform map gets), for the trained classifier "
               f"/ the same ConvMLP-S with random weights. A centred Gaussian (sigma a quarter of the side) gets "
               f"{result['centre']:.3f}, {result['centre'] / area:.2f}x. Bold: at least {FOLD:g}x and above random weights.")
     footer = (f"Standard errors of the trained model's mean shares: {min(se):.3f}-{max(se):.3f} "

@@ -307,6 +307,46 @@ def test_benchmark_tool_smoke(tmp_path):
     assert 'fp32 onnxruntime fused (ONNX Runtime 1.' in table and 'top-1 agreement 100.0%' in table
     assert f"int8 onnxruntime fused (first_conv in fp32), batch 1 at 32 px: {int8['images_per_s']:.2f} img/s, " \
            f"{speedup['speedup']:.2f}x the faster fp32 path ({faster['label']}" in table
+    # each inference row's share of its step in products, and what it bounds: the int8 step with all else free
+    assert 'products_share' not in steps[0]  # the release's forward is not profiled
+    assert all(0 < r['products_share'] <= 1 for r in (steps[1], onnx, int8, pt2e))
+    for u, row in ((speedup, int8), (pt2e_speedup, pt2e)):
+        int8_products = row['products_share'] * row['best_sec']
+        assert u['ceiling'] == pytest.approx(faster['best_sec'] / int8_products) and u['ceiling'] >= u['speedup']
+        assert u['products_speedup'] == pytest.approx(faster['products_share'] * faster['best_sec'] / int8_products)
+        assert f"its products alone {u['products_speedup']:.2f}x the fp32 path's, ceiling {u['ceiling']:.2f}x" in table
+
+
+def test_products_share_counts_products_and_nothing_else():
+    """The share of a step in matrix products, from PyTorch's profiler and from ONNX Runtime's: all but the
+    framework's own overhead for a chain of linears, none for a chain of GELUs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from src.perf.product_share import onnx_products_share, torch_products_share
+    torch.manual_seed(0)
+    x = torch.randn(512, 256)
+    linears = torch.nn.Sequential(*[torch.nn.Linear(256, 256, bias=False) for _ in range(4)])
+    linears(x)  # (the benchmark profiles after its timed steps)
+    assert torch_products_share(lambda: linears(x)) > 0.9
+    assert torch_products_share(lambda: torch.nn.functional.gelu(torch.nn.functional.gelu(x))) == 0
+
+    def graph(op_types):
+        nodes, inits = [], []
+        for i, op in enumerate(op_types):
+            inputs = [f't{i}'] + ([f'w{i}'] if op == 'MatMul' else [])
+            nodes.append(helper.make_node(op, inputs, [f't{i + 1}']))
+            if op == 'MatMul':
+                inits.append(numpy_helper.from_array(torch.randn(256, 256).numpy(), f'w{i}'))
+        g = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('t0', TensorProto.FLOAT, [512, 256])],
+                              [helper.make_tensor_value_info(f't{len(op_types)}', TensorProto.FLOAT, [512, 256])],
+                              inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]).SerializeToString()
+    feed = {'t0': x.numpy()}
+    assert onnx_products_share(graph(['MatMul'] * 4), feed, threads=1) == 1
+    assert onnx_products_share(graph(['Relu', 'Sigmoid']), feed, threads=1) == 0
+    mixed = onnx_products_share(graph(['MatMul', 'Sigmoid', 'MatMul', 'Sigmoid']), feed, threads=1)
+    assert 0 < mixed < 1
+    assert onnx.load_from_string(graph(['MatMul'])).graph.node[0].op_type == 'MatMul'
 
 
 def test_benchmark_matrix_rows():

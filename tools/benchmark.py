@@ -175,7 +175,9 @@ def main(argv=None) -> int:
     lines += [f"{u['model']} {u['label']}, batch {u['batch']} at {u['res']} px: {u['images_per_s']:.2f} img/s, "
               f"{u['speedup']:.2f}x the faster fp32 path ({u['fp32_label']}, {u['fp32_images_per_s']:.2f} img/s; "
               f"load {u['loadavg'][0]:.1f} and {u['loadavg'][1]:.1f}); per CPU-second {u['cpu_speedup']:.2f}x "
-              f"({u['cpu_fp32_label']}); {precision.cpu_int8()}" for u in speedups]
+              f"({u['cpu_fp32_label']}); {precision.cpu_int8()}"
+              + (f"; its products alone {u['products_speedup']:.2f}x the fp32 path's, ceiling {u['ceiling']:.2f}x if "
+                 f"nothing else took time" if 'ceiling' in u else '') for u in speedups]
     if speedups:
         lines.append('(int8 rows: random weights calibrated on the timed batch: their speed is real, their parity '
                      'with fp32 is not an accuracy: tools/quantize.py measures that on held-out images)')

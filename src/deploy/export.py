@@ -96,14 +96,18 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET, dens
     return buf.getvalue()
 
 
-def onnx_session(onnx_model: Union[bytes, str], threads: Optional[int] = None):
+def onnx_session(onnx_model: Union[bytes, str], threads: Optional[int] = None, profile_prefix: Optional[str] = None):
     """An ONNX Runtime session on the CPU for a serialised model (or a file): ``threads`` intra-op threads
-    (None: ONNX Runtime's default, one per core), one inter-op thread, every graph optimization."""
+    (None: ONNX Runtime's default, one per core), one inter-op thread, every graph optimization; with
+    ``profile_prefix``, ONNX Runtime's profiling on, its JSON file named from that prefix."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(onnx_model, options, providers=['CPUExecutionProvider'])
 
 

@@ -55,6 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
 from ..utils.malloc import keep_freed_memory
+from .product_share import onnx_products_share, torch_products_share
 
 __all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
            'step_flops', 'bf16_agreement', 'ProductTimer', 'int8_speedups']
@@ -224,7 +225,8 @@ def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
     """(step, extras) for the ``onnx`` path: ``model`` exported (:func:`src.deploy.export.onnx_bytes`), with
     ``keep_fp32`` quantized to int8 (:mod:`src.deploy.quantize`, calibrated on ``x``), and run by ONNX Runtime on
     ``x`` with torch's thread count; the step returns the logits as a tensor, ``extras()`` the parity with the
-    eager model, ONNX Runtime's version and, for int8, the nodes in int8 and the seconds quantization took."""
+    eager model, ONNX Runtime's version, the share of a step in products (:mod:`src.perf.product_share`) and,
+    for int8, the nodes in int8 and the seconds quantization took."""
     import onnxruntime as ort
     from ..deploy.export import INPUT_NAME, onnx_bytes, onnx_session
     data, info = onnx_bytes(model, x), {}
@@ -240,7 +242,8 @@ def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
 
     def step():
         return torch.from_numpy(session.run(None, feed)[0])
-    return step, lambda: dict(eager_parity(model, step, x), onnxruntime=ort.__version__, **info)
+    return step, lambda: dict(eager_parity(model, step, x), onnxruntime=ort.__version__,
+                              products_share=onnx_products_share(data, feed, torch.get_num_threads()), **info)
 
 
 def _pt2e_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str):
@@ -353,10 +356,13 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
         # ONNX Runtime's buffers are not torch tensors: only RSS sees them
         tensor_mib = float('nan') if cfg.path == 'onnx' else peak_tensor_bytes(step) / 2 ** 20
     best = min(times)  # best of N: the least disturbed step on a shared machine
+    profiled = {}  # the onnx path's share comes with its extras
+    if cfg.mode == 'infer' and not cuda and cfg.path in ('fast', 'pt2e'):
+        profiled['products_share'] = torch_products_share(step)
     result = dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
                   mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
                   rss_mib=rss_mib, malloc_kept=malloc_kept, warmup_s=warmup_s, iters=iters, threads=threads,
-                  loadavg=os.getloadavg()[0], cpu_images_per_s=cfg.batch / max(min(cpu_times), 1e-9))
+                  loadavg=os.getloadavg()[0], cpu_images_per_s=cfg.batch / max(min(cpu_times), 1e-9), **profiled)
     return dict(result, **extras())
 
 
@@ -602,7 +608,10 @@ def markdown_table(results: List[Dict], emulated: Sequence[str] = ()) -> str:
 def int8_speedups(results: List[Dict]) -> List[Dict]:
     """For each int8 row: its images/s over the faster of the two fp32 inference paths of the same model,
     batch and resolution in the same run (``fp32 eager fused`` and ``fp32 onnxruntime``), which one that was,
-    the same ratio in images per CPU-second (``cpu_speedup``), and the load averages of the rows compared."""
+    the same ratio in images per CPU-second (``cpu_speedup``), the load averages of the rows compared and, where
+    both rows have their share of time in products (:mod:`src.perf.product_share`), ``products_speedup`` (the
+    fp32 row's time in products over the int8 row's) and ``ceiling`` (the fp32 step over the int8 row's time in
+    products: its speed-up if nothing but the products took time)."""
     out = []
     for r in results:
         c = r['config']
@@ -619,8 +628,16 @@ def int8_speedups(results: List[Dict]) -> List[Dict]:
                             images_per_s=r['images_per_s'], fp32_label=fastest['label'],
                             fp32_images_per_s=fastest['images_per_s'], speedup=r['images_per_s'] / fastest['images_per_s'],
                             cpu_speedup=r['cpu_images_per_s'] / by_cpu['cpu_images_per_s'], cpu_fp32_label=by_cpu['label'],
-                            loadavg=[x.get('loadavg') for x in (r, fastest)]))
+                            loadavg=[x.get('loadavg') for x in (r, fastest)], **_products_ratios(r, fastest)))
     return out
+
+
+def _products_ratios(int8: Dict, fp32: Dict) -> Dict[str, float]:
+    if 'products_share' not in int8 or 'products_share' not in fp32:
+        return {}
+    int8_products = int8['products_share'] * int8['best_sec']
+    return dict(products_speedup=fp32['products_share'] * fp32['best_sec'] / int8_products,
+                ceiling=fp32['best_sec'] / int8_products)
 
 
 def linearity(results: List[Dict]) -> Dict[str, Dict[int, float]]:

@@ -27,7 +27,9 @@ Paths:
 Every row also records the machine's load average (1 min) when its timing ends: on a shared machine, read
 ratios only between rows of one run, and with their load. And ``cpu_images_per_s``: images per second of this
 process's CPU time (all its threads; best step): with one thread, what the step costs whatever else runs on
-the machine (with more, idle threads spinning count too).
+the machine (with more, idle threads spinning count too). Inference rows of the fast, onnx and pt2e paths on the
+CPU also record ``products_share``, the share of a step spent in matrix products (:mod:`.product_share`, from a
+few profiled steps after the timed ones), from which :func:`int8_speedups` bounds each int8 row.
 
 Peak memory, two measures of what a step adds on top of weights, inputs and optimizer state:
   * ``tensor_mib``: the most bytes of tensors allocated during one step and alive at once. On CPU from the

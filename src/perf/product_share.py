@@ -5,7 +5,8 @@ residual adds, quantize / dequantize, layout changes) took no time.
 For an int8 path it bounds what any change outside the products can give: with ``s`` its share and ``t`` its
 step, ``s * t`` is the time its products take; the faster fp32 step over that is the speed-up int8 would
 reach with all else free (``src.perf.benchmark.int8_speedups``' ``ceiling``). The shares are taken over a few
-profiled steps after the timed ones; profiling slows every kernel alike, so the share is kept, not the times.
+profiled steps after the timed ones; the profiler adds its own cost to each op, so the share is kept, not
+the profiled times, and a share is an estimate (between runs it moved by up to 0.08 here).
 
 * ``torch_products_share``: PyTorch's profiler over eager or compiled steps (``torch.compile`` runs its fused
   element-wise kernels inside its graph call; oneDNN's int8 convolutions and linears, GELU fused in as their

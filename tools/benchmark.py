@@ -69,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=2, help='untimed steps first (compilation happens here)')
     p.add_argument('--rounds', type=int, default=1,
                    help='measure all rows this many times, interleaved, and keep the best of each')
+    p.add_argument('--peak-repeats', type=int, default=10,
+                   help='timed tries of each matrix product of the matmul peak (measured at the start and the end)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--ckpt-batch', type=int, default=32,
                    help='batch of the gradient-checkpointing memory rows (0: skip)')
@@ -79,9 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='inputs for the bf16-vs-fp32 top-1 agreement check (0: skip)')
     p.add_argument('--out', type=Path, default=Path('work_dirs/benchmark'))
     args = p.parse_args(argv)
-    for name in ('batch', 'res', 'threads', 'iters', 'rounds'):
+    for name in ('batch', 'res', 'threads', 'iters', 'rounds', 'peak_repeats'):
         if getattr(args, name) < 1:
-            p.error(f'--{name} must be >= 1; got {getattr(args, name)}')
+            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.res < 32 or any(r < 32 for r in args.sweep_res):
         p.error('resolutions must be >= 32 px (ConvMLP input minimum)')
     if args.device.startswith('cuda'):
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
     peak_dtypes = sorted({'fp32', *args.dtypes} - ({'fp16'} if args.device == 'cpu' else set()))
 
     def measure_peaks():
-        return {d: bench.matmul_peak_gflops(d, args.threads, device=args.device) for d in peak_dtypes}
+        return {d: bench.matmul_peak_gflops(d, args.threads, device=args.device, repeats=args.peak_repeats)
+                for d in peak_dtypes}
     cpu = f'{precision.cpu_isa()}; {precision.cpu_int8()}'
     emulated = [d for d in args.dtypes if args.device == 'cpu' and not precision.cpu_native(bench.DTYPES[d])]
     log(f'CPU: {cpu}' + (f"; {', '.join(emulated)} emulated here (slow)" if emulated else ''))

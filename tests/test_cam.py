@@ -15,6 +15,7 @@ from src.explain.cam import (METHODS, class_activation_maps, convmlp_layers, lay
                              resolve_class)
 from src.studies import cam_localization as C
 from src.studies.shapes import CLASSES, make_crops
+from src.utils.threads import torch_threads
 
 pytest.importorskip('pytorch_grad_cam')
 SIZES = [(65, 47), (33, 33)]
@@ -285,9 +286,7 @@ def train_tiny(crops: C.Crops, steps: int = 150, seed: int = 0) -> ConvMLP:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.15)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         m.train()
         for _ in range(steps):
             idx = torch.randint(0, len(x), (32,), generator=g)
@@ -298,8 +297,6 @@ def train_tiny(crops: C.Crops, steps: int = 150, seed: int = 0) -> ConvMLP:
             loss.backward()
             opt.step()
             sched.step()
-    finally:
-        torch.set_num_threads(threads)
     return m.eval()
 
 

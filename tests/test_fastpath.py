@@ -13,6 +13,7 @@ from conftest import ROOT
 from helpers import load_tool, randomize_norms
 from src import convmlp_s
 from src.utils import precision
+from src.utils.threads import torch_threads
 from src.perf.benchmark import ProductTimer, ReleaseForward, bf16_agreement, peak_tensor_bytes, step_flops
 from src.convmlp import ConvMLP, channel_linear
 from src.fuse import fuse_model
@@ -86,16 +87,11 @@ def test_channels_last_matches_contiguous_without_layout_copies(model_s, threads
     x = torch.randn(2, 3, 64, 64)
     cl = copy.deepcopy(model_s).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # ATen picks the 1x1 convolution's kernel by it
-    try:
-        with torch.no_grad():
-            ref = model_s(x)
-            assert torch.allclose(cl(x_cl), ref, atol=1e-5)
-            with profile() as prof:
-                cl(x_cl)
-    finally:
-        torch.set_num_threads(before)
+    with torch.no_grad(), torch_threads(threads):  # ATen picks the 1x1 convolution's kernel by it
+        ref = model_s(x)
+        assert torch.allclose(cl(x_cl), ref, atol=1e-5)
+        with profile() as prof:
+            cl(x_cl)
     copies = [e for e in prof.events() if e.name in ('aten::clone', 'aten::contiguous', 'aten::copy_')]
     # the only copies left: addmm's bias broadcast into its output, and scalars
     parents = [e.cpu_parent.name if e.cpu_parent is not None else None for e in copies]

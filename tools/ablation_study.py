@@ -71,10 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except UsageError as e:
             fail(f'{e} (or pass --data)')
     _check_data(args.data)
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    from src.utils.threads import torch_threads
+    with torch_threads(args.threads):  # as it was after (main() may be called in-process)
         load_start = os.getloadavg()[0]
         try:
             runs = run_study(args.data, args.out, args.rows, list(range(args.seeds)), args.epochs, args.arch,
@@ -82,8 +80,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except RuntimeError as e:
             fail(str(e))
         rows, paths = report(runs, args.data, args.out, args.arch, args.config, load_start)
-    finally:
-        torch.set_num_threads(threads)  # as it was (main() may be called in-process)
     for r in rows:
         print(f"{r['title']:28s} {r['model']:28s} top-1 {r['top1_mean']:6.2f}"
               + (f" ± {r['top1_std']:.2f}" if r['top1_std'] is not None else ''))

@@ -22,18 +22,18 @@ and a C++ compiler, as every ``torch.compile`` on CPU does.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import logging
 import warnings
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..convmlp import Mlp
+from ..utils.threads import torch_threads
 from .export import DenseMaps, exported_module
 from .fidelity import Runner, batched
 
@@ -125,17 +125,6 @@ class Pt2eInt8:
     nodes: dict
 
 
-@contextlib.contextmanager
-def _threads(threads: Optional[int]) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @torch.no_grad()
 def quantize(model: nn.Module, calibration: np.ndarray, keep_fp32: str = 'first_conv', dense: bool = False,
              batch: int = 16) -> Pt2eInt8:
@@ -217,7 +206,7 @@ def runner(fn: Callable[[torch.Tensor], object], batch: int = 32, threads: Optio
     def run_batch(chunk: np.ndarray) -> List[np.ndarray]:
         x = torch.zeros((batch, *chunk.shape[1:]))
         x[:len(chunk)] = torch.from_numpy(chunk)
-        with torch.no_grad(), _threads(threads):
+        with torch.no_grad(), torch_threads(threads):
             out = fn(x)
         return [o[:len(chunk)].numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
     return batched(run_batch, batch)

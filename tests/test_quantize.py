@@ -1,6 +1,7 @@
 """int8 deployment: tools/quantize.py end to end on a model trained for real (the digits demo), the headless
 backbone, the pieces (graph groups, calibration split, fidelity), and every bad input (one line, exit 2,
 nothing at the output path)."""
+import io
 import json
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from src.deploy import quantize as q
 from src.deploy.export import onnx_bytes, onnx_session
 from src.deploy.fidelity import Fidelity
 from src.deploy.int8_build import check_disjoint, held_out_labels, split_calibration
+from src.deploy.metadata import onnx_with_metadata, serving_metadata
+from src.deploy.metadata import read as read_metadata
 from src.utils.errors import UsageError
 from src.utils.images import list_image_folder
 
@@ -84,6 +87,19 @@ def test_trained_digits_model_quantized_end_to_end(digits_run, tmp_path, capsys)
     assert 'kept in fp32' in markdown and '| 360 |' in markdown
     assert f"wrote {out}" in stdout and 'top-1 agreement' in stdout
 
+    # the file says what a service needs: the run's class folders, its preprocessing
+    meta = read_metadata(out)
+    assert meta['classes'] == sorted(p.name for p in (data / 'train').iterdir()) and meta['outputs'] == ['logits']
+    assert meta['arch'] == 'convmlp_s' and str(checkpoint) in meta['weights']
+    assert meta['preprocessing']['input_size'] == [3, 32, 32] and len(meta['preprocessing']['std']) == 3
+    # served from the file alone: tools/predict.py --onnx, one held-out digit of each class
+    images = [str(sorted((data / 'validation' / name).iterdir())[0]) for name in meta['classes']]
+    assert load_tool('predict').main([*images, '--onnx', str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('ONNX, weights: ') and f'10 classes, names from the metadata of {out}' in lines[0]
+    top1 = [lines[2 + 6 * i].split()[2] for i in range(len(images))]  # per image: its path, then 5 ranked lines
+    assert sum(name == expected for name, expected in zip(top1, meta['classes'])) >= 8, top1
+
 
 @pytest.mark.slow
 def test_headless_backbone_quantized(digits_run, tmp_path, capsys):
@@ -103,6 +119,9 @@ def test_headless_backbone_quantized(digits_run, tmp_path, capsys):
     assert all(c['mean'] >= MIN_DENSE_COSINE for c in cosine.values()), cosine
     assert report['model']['outputs'] == 'feature_s4, feature_s8, feature_s16, feature_s32'
     assert 'cosine' in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta['outputs'] == ['feature_s4', 'feature_s8', 'feature_s16', 'feature_s32'] and 'classes' not in meta
+    assert meta['preprocessing']['input_size'] == [3, 32, 32]
 
 
 @pytest.mark.slow
@@ -132,6 +151,12 @@ def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path):
     images = torch.from_numpy(np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32))
     with torch.no_grad():
         assert graph(images).shape == (5, 10) and graph(images[:1]).shape == (1, 10)  # dynamic batch
+    meta = read_metadata(out)  # stored as torch.export's extra file, read back by torch too
+    assert meta['classes'] == sorted(p.name for p in (data / 'train').iterdir())
+    assert meta['preprocessing']['input_size'] == [3, 32, 32]
+    extra = {'convmlp.json': ''}
+    torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra)
+    assert json.loads(extra['convmlp.json']) == meta
 
 
 # ---- the pieces ------------------------------------------------------------------------------------
@@ -200,6 +225,58 @@ def test_fidelity_of_logits_and_maps():
     maps.update([a, a], [a, -a])
     cosine = maps.result()['cosine']
     assert cosine['feature_s4'] == pytest.approx(dict(mean=1, min=1)) and cosine['feature_s8']['mean'] == pytest.approx(-1)
+
+
+def test_predict_runs_an_onnx_file_by_its_metadata(tmp_path, capsys):
+    """tools/predict.py --onnx: the class names and preprocessing come from the file's metadata, and its
+    probabilities are the eager model's on the image preprocessed that way. A file without metadata, one of
+    dense maps, a missing one, and --onnx beside --checkpoint: one line each, exit code 2."""
+    from PIL import Image
+    from src.model_options import preprocess
+    predict = load_tool('predict')
+    torch.manual_seed(0)
+    model = randomize_norms(convmlp_s(num_classes=3)).eval()
+    data_cfg = dict(input_size=(3, 48, 48), interpolation='bilinear', crop_pct=1.0, mean=(0.5,) * 3,
+                    std=(0.25,) * 3)
+    fp32 = onnx_bytes(model, torch.randn(1, 3, 48, 48))
+    names = ['cat', 'dog', 'emu']
+    good = tmp_path / 'clf.onnx'
+    good.write_bytes(onnx_with_metadata(fp32, serving_metadata('convmlp_s', 'random', ['logits'], data_cfg, names)))
+    image = tmp_path / 'x.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
+
+    assert predict.main([str(image), '--onnx', str(good)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f'ONNX, weights: {good} (convmlp_s, random); 3 classes, names from the metadata of {good}; '
+                        f'input 48x48')
+    with torch.no_grad():
+        expected = model(preprocess([np.asarray(Image.open(image))], data_cfg)).softmax(-1)[0]
+    ranked = [line.split() for line in lines[2:]]
+    assert [r[2] for r in ranked] == [names[i] for i in expected.argsort(descending=True)]
+    assert [float(r[1][:-1]) for r in ranked] == pytest.approx(
+        (100 * expected.sort(descending=True)[0]).tolist(), abs=0.051)
+    assert read_metadata(good)['preprocessing'] == dict(
+        input_size=[3, 48, 48], interpolation='bilinear', crop_pct=1.0, mean=[0.5] * 3, std=[0.25] * 3,
+        transform=read_metadata(good)['preprocessing']['transform'])
+
+    plain, dense, garbage = tmp_path / 'plain.onnx', tmp_path / 'dense.onnx', tmp_path / 'garbage.onnx'
+    plain.write_bytes(fp32)
+    garbage.write_bytes(b'not a model')
+    dense.write_bytes(onnx_with_metadata(fp32, serving_metadata('convmlp_s', 'random', ['feature_s4'], data_cfg)))
+    for args, message in (([str(image), '--onnx', str(plain)], 'holds no ConvMLP metadata'),
+                          ([str(image), '--onnx', str(dense)], "outputs a backbone's dense maps (feature_s4)"),
+                          ([str(image), '--onnx', str(garbage)], f'{garbage} is not an ONNX model'),
+                          ([str(image), '--onnx', str(tmp_path / 'nope.onnx')], 'no such file'),
+                          ([str(image), '--onnx', str(good), '--checkpoint', 'x.pth'], 'drop --model/--checkpoint')):
+        with pytest.raises(SystemExit) as exit_:
+            predict.main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count('\n') == 1 and message in err, err
+    garbage.rename(tmp_path / 'garbage.pt2')
+    for path, message in ((tmp_path / 'garbage.pt2', 'is not a torch.export archive'),
+                          (image, 'a deployed model is a .onnx or .pt2 file')):
+        with pytest.raises(ValueError, match=message):
+            read_metadata(path)
 
 
 def test_calibration_split_and_labels(tmp_path):

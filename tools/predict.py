@@ -3,13 +3,15 @@
     python tools/predict.py IMAGE... --model convmlp_s                     # the release's ImageNet weights
     python tools/predict.py IMAGE... --checkpoint output/train/RUN/best.pth.tar   # a classification.py run
     python tools/predict.py IMAGE... --model convmlp_s --random            # random weights (no download)
+    python tools/predict.py IMAGE... --onnx exports/digits_int8.onnx       # an ONNX file of tools/quantize.py
 
 Class names: a run's class folders (stored in its checkpoint, else read from the training split its
 arguments name), ImageNet-1k's from timm for 1000-class weights, else indices. The class count comes
 from the checkpoint. Preprocessing is timm's evaluation transform of the model (a run's --img-size,
---crop-pct, --mean/--std when it set them). Bad input: one ``predict.py: error:`` line, exit code 2.
+--crop-pct, --mean/--std when it set them). With --onnx the file runs in ONNX Runtime, its class names and
+preprocessing read from the file (src/deploy/metadata.py). Bad input: one ``predict.py: error:`` line, exit
+code 2.
 """
-import argparse
 import sys
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -19,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from src.deploy.export import onnx_classifier  # noqa: E402
 from src.model_options import add_model_args, load_classifier, preprocess  # noqa: E402
-from src.utils.errors import UsageError, fail  # noqa: E402
+from src.utils.errors import OneLineParser, UsageError, fail  # noqa: E402
 from src.utils.images import read_images  # noqa: E402
 
 
@@ -34,19 +37,32 @@ def top5(model, images: Sequence[np.ndarray], data_cfg: dict) -> List[List[Tuple
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = OneLineParser(description=__doc__.split('\n\n')[0])
     p.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
     add_model_args(p)
     p.add_argument('--use-ema', action='store_true', help="a run's EMA weights (needs a run with --model-ema)")
+    p.add_argument('--onnx', type=Path, metavar='FILE',
+                   help='run an ONNX classifier written by tools/quantize.py instead (class names and preprocessing '
+                        'from the file)')
     p.set_defaults(model=None)  # None: the run's architecture (from its checkpoint), else convmlp_s
     args = p.parse_args(argv)
+    if args.onnx and (args.model or args.checkpoint or args.random or args.use_ema):
+        p.error('--onnx runs the file as it is: drop --model/--checkpoint/--random/--use-ema')
     try:
         images = read_images(args.images)
+        if args.onnx and not args.onnx.is_file():
+            raise UsageError(f'--onnx {args.onnx}: no such file')
     except UsageError as e:
         fail(e)
-    clf = load_classifier(args, use_ema=args.use_ema)
+    if args.onnx:
+        try:
+            clf = onnx_classifier(args.onnx)
+        except ValueError as e:
+            fail(e)
+    else:
+        clf = load_classifier(args, use_ema=args.use_ema)
     size = clf.data_cfg['input_size']
-    print(f'{args.model}, weights: {clf.weights}; {len(clf.names)} classes, names from {clf.names_from}; '
+    print(f'{args.model or "ONNX"}, weights: {clf.weights}; {len(clf.names)} classes, names from {clf.names_from}; '
           f'input {size[1]}x{size[2]}')
     for path, best in zip(args.images, top5(clf.model, images, clf.data_cfg)):
         print(path)

@@ -19,11 +19,11 @@ conv, tokenizer, whole stem) until int8 agrees with fp32 on the check slice (top
 written and the exit code is 1. --eval-dir: fp32 against int8 on a held-out folder (top-1 of each with the
 class folders as labels, agreement, largest logit difference; --headless: cosine of each map).
 
-Writes OUT (the int8 model; dynamic batch, height and width), OUT's .report.json (everything: files,
-calibration images, arguments, the nodes kept in fp32 and why, op types in int8 and fp32, the check and the
-evaluation) and .report.md (the short version). Bad input (a missing or empty folder, an unknown model, a
-checkpoint that does not fit, an output that exists or cannot be written): one error line, exit code 2,
-nothing written.
+Writes OUT (the int8 model; dynamic batch, height and width; its class names and preprocessing stored in it:
+src/deploy/metadata.py), OUT's .report.json (everything: files, calibration images, arguments, the nodes kept
+in fp32 and why, op types in int8 and fp32, the check and the evaluation) and .report.md (the short version).
+Bad input (a missing or empty folder, an unknown model, a checkpoint that does not fit, an output that exists
+or cannot be written): one error line, exit code 2, nothing written.
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.deploy.int8_build import (AUTO, BACKENDS, build_int8, build_summary, check_disjoint, evaluate,  # noqa: E402
                                    fidelity_table, held_out_labels, report_markdown, split_calibration)
+from src.deploy.export import output_names  # noqa: E402
+from src.deploy.metadata import PREPROCESSING_KEYS, serving_metadata  # noqa: E402
 from src.deploy.quantize import KEEP_FP32_ORDER, Recipe  # noqa: E402
 from src.model_options import add_model_args, load_classifier  # noqa: E402
 from src.utils.atomic import atomic_write  # noqa: E402
@@ -137,9 +139,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'{args.model} ({clf.weights}), {"dense maps" if args.headless else f"{len(clf.names)} classes"}, '
           f'input {size[1]}x{size[2]}; calibrating on {len(split.calibration)} images of {args.calibration_dir}, '
           f'checking on {len(split.check)} others', flush=True)
+    metadata = serving_metadata(args.model, clf.weights, output_names(clf.model, args.headless), clf.data_cfg,
+                                None if args.headless else clf.names)
     build = build_int8(clf.model, clf.data_cfg, split, args.keep_fp32, args.headless, args.min_agreement,
                        args.min_cosine, Recipe(moving_average=args.moving_average), args.threads,
-                       log=lambda line: print(line, flush=True), backend=args.backend)
+                       log=lambda line: print(line, flush=True), backend=args.backend, metadata=metadata)
     if args.keep_fp32 == AUTO and split.check and not build.met_target:
         report('int8 misses the target on the check slice even with the whole stem in fp32 (see above); nothing '
                'written: lower --min-agreement/--min-cosine or choose --keep-fp32 to write it anyway')
@@ -151,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = evaluate(build, held_out.paths, clf.data_cfg, labels)
         evaluation = dict(folder=str(args.eval_dir), labels=how, result=result)
 
-    cfg = {k: clf.data_cfg[k] for k in ('input_size', 'interpolation', 'crop_pct', 'mean', 'std')}
+    cfg = {k: clf.data_cfg[k] for k in PREPROCESSING_KEYS}
     summary = dict(
         command=' '.join(['python', 'tools/quantize.py', *(argv if argv is not None else sys.argv[1:])]),
         model=dict(arch=args.model, weights=clf.weights, classes=len(clf.names), class_names_from=clf.names_from,

@@ -1,1 +1,2 @@
-"""Deployment: ConvMLP exported to ONNX and TorchScript, checked against the eager model (``tools/export.py``)."""
+"""Deployment: ConvMLP exported to ONNX and TorchScript, checked against the eager model (``tools/export.py``), and
+quantized to int8 (``tools/quantize.py``) into files that carry their class names and preprocessing."""

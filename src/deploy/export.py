@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['exported_module', 'output_names', 'onnx_bytes', 'onnx_session', 'onnx_max_diff', 'torchscript_bytes',
-           'torchscript_max_diff']
+__all__ = ['exported_module', 'output_names', 'onnx_bytes', 'onnx_session', 'onnx_classifier', 'onnx_max_diff',
+           'torchscript_bytes', 'torchscript_max_diff']
 
 OPSET = 17
 INPUT_NAME = 'image'
@@ -109,6 +109,25 @@ def onnx_session(onnx_model: Union[bytes, str], threads: Optional[int] = None, p
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(onnx_model, options, providers=['CPUExecutionProvider'])
+
+
+def onnx_classifier(path, threads: Optional[int] = None):
+    """An ONNX classifier written by ``tools/quantize.py`` as a :class:`~src.model_options.Classifier`: its
+    model runs the file in ONNX Runtime ((N, 3, H, W) float32 tensor in, logits out), its class names and data
+    config are the file's metadata (:mod:`src.deploy.metadata`). ValueError naming the file if it holds no
+    metadata or outputs dense maps instead of logits."""
+    from ..model_options import Classifier
+    from .metadata import data_config, read
+    meta = read(path)
+    if 'classes' not in meta:
+        raise ValueError(f"{path} outputs a backbone's dense maps ({', '.join(meta['outputs'])}), not logits: "
+                         f'give a classifier (quantized without --headless)')
+    session = onnx_session(str(path), threads)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
+    return Classifier(run, f"{path} ({meta['arch']}, {meta['weights']})", meta['classes'], f'the metadata of {path}',
+                      data_config(meta))
 
 
 @torch.no_grad()

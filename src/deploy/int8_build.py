@@ -25,6 +25,7 @@ from ..utils.images import FolderImages, read_images
 from ..utils.markdown import table
 from .export import exported_module, onnx_bytes, onnx_session, output_names
 from .fidelity import Runner, compare, session_runner
+from .metadata import onnx_with_metadata, pt2_extra_files
 from .quantize import KEEP_FP32_ORDER, KEEP_FP32_WHY, Recipe, op_summary, prepare, quantize
 
 __all__ = ['AUTO', 'BACKENDS', 'CalibrationSplit', 'split_calibration', 'check_disjoint', 'held_out_labels', 'image_batches',
@@ -144,12 +145,14 @@ class Int8Build:
 def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_fp32: str = AUTO,
                dense: bool = False, min_agreement: float = 99., min_cosine: float = 0.995,
                recipe: Recipe = Recipe(), threads: Optional[int] = None,
-               log: Callable[[str], None] = print, backend: str = 'onnxruntime') -> Int8Build:
+               log: Callable[[str], None] = print, backend: str = 'onnxruntime',
+               metadata: Optional[Dict[str, object]] = None) -> Int8Build:
     """Quantize ``model`` (a ConvMLP classifier, eval mode; fused here) to int8, calibrated on
     ``split.calibration``, with ``backend`` (:data:`BACKENDS`: ONNX Runtime's quantizer, run by ONNX Runtime;
     or PT2E, run compiled by inductor); ``keep_fp32``: a group of :data:`~src.deploy.quantize.KEEP_FP32_ORDER`,
     or ``'auto'``: the narrowest group of the widening whose check meets the target (the widest if none
-    does: :attr:`Int8Build.met_target` says so)."""
+    does: :attr:`Int8Build.met_target` says so). ``metadata`` (:func:`src.deploy.metadata.serving_metadata`)
+    is stored in the int8 file, which is checked as written."""
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}; got {backend!r}')
     calibration = _load(split.calibration, data_cfg)
@@ -165,6 +168,8 @@ def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_f
 
         def quantize_group(group: str):
             int8 = quantize(prepared.onnx, calibration, dataclasses.replace(recipe, keep_fp32=group))
+            if metadata is not None:
+                int8.onnx = onnx_with_metadata(int8.onnx, metadata)
             return int8, int8.fp32_nodes, session_runner(onnx_session(int8.onnx, threads))
     else:
         from . import pt2e
@@ -172,7 +177,9 @@ def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_f
         fp32_bytes = sum(t.numel() * t.element_size() for t in fused.state_dict().values())
 
         def quantize_group(group: str):
-            int8 = pt2e.quantize(model, calibration, group, dense)  # checked as written: the saved program
+            extra = None if metadata is None else pt2_extra_files(metadata)
+            int8 = pt2e.quantize(model, calibration, group, dense, extra_files=extra)
+            # the check runs the saved program, as written
             return int8, int8.fp32_modules, pt2e.runner(pt2e.compile_int8(pt2e.load(int8.data)), threads=threads)
     attempts: List[Attempt] = []
     for group in (AUTO_ORDER if keep_fp32 == AUTO else (keep_fp32,)):

@@ -26,7 +26,7 @@ import dataclasses
 import io
 import logging
 import warnings
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -127,9 +127,10 @@ class Pt2eInt8:
 
 @torch.no_grad()
 def quantize(model: nn.Module, calibration: np.ndarray, keep_fp32: str = 'first_conv', dense: bool = False,
-             batch: int = 16) -> Pt2eInt8:
+             batch: int = 16, extra_files: Optional[Dict[str, str]] = None) -> Pt2eInt8:
     """``model`` (a ConvMLP, eval mode; fused and flattened on a copy here) quantized by PT2E, calibrated on
-    ``calibration`` (N, 3, H, W) float32, preprocessed; ``dense``: the four maps of ``forward_dense``."""
+    ``calibration`` (N, 3, H, W) float32, preprocessed; ``dense``: the four maps of ``forward_dense``;
+    ``extra_files``: stored in the saved program (``torch.export.save``'s, e.g. :mod:`src.deploy.metadata`'s)."""
     import copy
     _quantizer_classes()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -146,7 +147,8 @@ def quantize(model: nn.Module, calibration: np.ndarray, keep_fp32: str = 'first_
         prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch])))
     converted = _drop_unused_tensors(convert_pt2e(prepared))
     buf = io.BytesIO()
-    torch.export.save(torch.export.export(converted, (example,), dynamic_shapes=dynamic, strict=False), buf)
+    torch.export.save(torch.export.export(converted, (example,), dynamic_shapes=dynamic, strict=False), buf,
+                      extra_files=extra_files)
     return Pt2eInt8(converted, kept, buf.getvalue(), _node_counts(converted))
 
 

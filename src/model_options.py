@@ -23,8 +23,8 @@ from .convmlp import ABLATION_MODELS, ARCHS
 from .utils.errors import fail
 from .weights import CheckpointError, load_checkpoint_file, load_pretrained, unwrap_state_dict
 
-__all__ = ['parse_size', 'add_model_args', 'build_model', 'Classifier', 'load_classifier', 'class_names',
-           'eval_transform', 'preprocess']
+__all__ = ['parse_size', 'add_model_args', 'build_model', 'Classifier', 'load_classifier', 'checkpoint_state',
+           'run_data_config', 'class_names', 'eval_transform', 'preprocess']
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -98,9 +98,10 @@ class Classifier:
     data_cfg: dict
 
 
-def _checkpoint_state(source: str) -> Optional[dict]:
-    """The checkpoint dict of a local file (its run arguments and class names), or None for other sources."""
-    if not Path(source).is_file():
+def checkpoint_state(source: Optional[str]) -> Optional[dict]:
+    """The checkpoint dict of a local file (its run arguments and class names), or None for other sources
+    (a URL, a zoo name, none); a file that cannot be read ends the tool with :func:`fail`."""
+    if not source or not Path(source).is_file():
         return None
     try:
         return load_checkpoint_file(source)
@@ -113,7 +114,7 @@ def load_classifier(args: argparse.Namespace, use_ema: bool = False) -> Classifi
     the run the checkpoint comes from, else ConvMLP-S). The class count comes from the checkpoint's head;
     the names from :func:`class_names`; the data config is timm's for the model, with the run's
     ``--img-size``, ``--crop-pct``, ``--mean``/``--std`` and ``--interpolation`` where it set them."""
-    state = _checkpoint_state(args.checkpoint) if args.checkpoint else None
+    state = checkpoint_state(args.checkpoint)
     run_args = state.get('args') if isinstance(state, dict) and isinstance(state.get('args'), dict) else {}
     num_classes = 1000
     if state is not None:
@@ -132,13 +133,21 @@ def load_classifier(args: argparse.Namespace, use_ema: bool = False) -> Classifi
         fail(f'{args.checkpoint} is a run of {args.model}, not a ConvMLP: pass --model convmlp_s/m/l if it is one')
     model, weights = build_model(args, num_classes=num_classes, need_head=True, use_ema=use_ema)
     names, names_from = class_names(state, num_classes, args.checkpoint or args.model)
+    return Classifier(model, weights, names, names_from, run_data_config(model, state))
 
+
+def run_data_config(model: nn.Module, state: Optional[dict] = None) -> dict:
+    """timm's data config of ``model`` (input size, interpolation, crop_pct, mean, std), with the
+    ``--img-size``, ``--crop-pct``, ``--mean``/``--std`` and ``--interpolation`` of the run the checkpoint
+    comes from (``state``: :func:`checkpoint_state`) where it set them."""
     from timm.data import resolve_data_config
+    state = state if isinstance(state, dict) else {}
+    run_args = state.get('args') if isinstance(state.get('args'), dict) else {}
     overrides = {k: run_args[k] for k in ('img_size', 'crop_pct', 'mean', 'std', 'interpolation')
                  if run_args.get(k) not in (None, '')}
     if 'img_size' in overrides:
         overrides['input_size'] = (3, overrides.pop('img_size'), run_args['img_size'])
-    return Classifier(model, weights, names, names_from, resolve_data_config(overrides, model=model))
+    return resolve_data_config(overrides, model=model)
 
 
 def class_names(checkpoint_state: Optional[dict], num_classes: int, source: str) -> Tuple[List[str], str]:

@@ -196,6 +196,48 @@ def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
             assert g.shape == w.shape and np.abs(g - w).max() <= 1e-4
 
 
+def test_exported_onnx_carries_the_runs_class_names_and_preprocessing(tmp_path, capsys):
+    """The ONNX file of a classification run's checkpoint holds the run's class names and preprocessing
+    (src/deploy/metadata.py), so tools/predict.py --onnx ranks an image as --checkpoint does on the eager model;
+    a backbone's file (--no-head) names its four maps and no classes."""
+    from PIL import Image
+    from src.deploy.metadata import read
+    predict = load_tool('predict')
+    torch.manual_seed(0)
+    model = convmlp_s(num_classes=3)
+    for m in model.modules():  # BatchNorm statistics away from identity: the classes' probabilities differ
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+    run = tmp_path / 'best.pth.tar'
+    torch.save(dict(format='convmlp-train-1', arch='convmlp_s', num_classes=3, classes=['ant', 'bee', 'cow'],
+                    state_dict=model.state_dict(), args=dict(model='convmlp_s', img_size=48, crop_pct=1.0,
+                                                              interpolation='bilinear')), run)
+    out_dir = tmp_path / 'exports'
+    for extra in ([], ['--no-head']):
+        assert export.main(['--checkpoint', str(run), '--num-classes', '3', '--format', 'onnx', '--img-size', '48',
+                            '--out-dir', str(out_dir), *extra]) == 0
+    meta = read(out_dir / 'convmlp_s.onnx')
+    assert meta['classes'] == ['ant', 'bee', 'cow'] and meta['outputs'] == ['logits'] and meta['weights'] == str(run)
+    assert meta['preprocessing']['input_size'] == [3, 48, 48] and meta['preprocessing']['crop_pct'] == 1.0
+    assert meta['preprocessing']['interpolation'] == 'bilinear'
+    features = read(out_dir / 'convmlp_s_features.onnx')
+    assert features['outputs'] == ['feature_s4', 'feature_s8', 'feature_s16', 'feature_s32']
+    assert 'classes' not in features and features['preprocessing'] == meta['preprocessing']
+
+    image = tmp_path / 'x.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(image)
+    ranked = []
+    for args in (['--checkpoint', str(run)], ['--onnx', str(out_dir / 'convmlp_s.onnx')]):
+        capsys.readouterr()
+        assert predict.main([str(image), *args]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert 'input 48x48' in lines[0] and lines[1] == str(image)
+        ranked.append([line.split() for line in lines[2:]])
+    eager, onnx = ranked
+    assert [r[2] for r in onnx] == [r[2] for r in eager] and len(onnx) == 3
+    assert [float(r[1][:-1]) for r in onnx] == pytest.approx([float(r[1][:-1]) for r in eager], abs=0.11)
+
+
 def test_export_bad_checkpoint_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(['--checkpoint', str(tmp_path / 'nope.pth'), '--out-dir', str(tmp_path / 'out')])

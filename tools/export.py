@@ -6,6 +6,9 @@ model before the file is written.
     python tools/export.py --checkpoint run/model_best.pth --format onnx --img-size 256
     python tools/export.py --random --out-dir /tmp/x               # random weights, no download
 
+The ONNX file carries the class names (none with --no-head) and the preprocessing of the weights (a run's own,
+else timm's for the model) in its metadata (src/deploy/metadata.py): tools/predict.py --onnx serves it by them.
+
 Each format is checked at the export size and at every --check-size (default: another height and width
 with batch 2, which exercises the dynamic axes): the max abs difference to the eager model is printed and
 must be <= --tol (default 1e-4, fp32), else nothing is written and the exit code is 1.
@@ -22,9 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from src.utils.atomic import atomic_write  # noqa: E402
-from src.model_options import add_model_args, build_model, parse_size  # noqa: E402
+from src.model_options import (add_model_args, build_model, checkpoint_state, class_names,  # noqa: E402
+                                parse_size, run_data_config)
 from src.utils.errors import fail, report  # noqa: E402
-from src.deploy.export import onnx_bytes, onnx_max_diff, torchscript_bytes, torchscript_max_diff  # noqa: E402
+from src.deploy.export import (onnx_bytes, onnx_max_diff, output_names, torchscript_bytes,  # noqa: E402
+                               torchscript_max_diff)
+from src.deploy.metadata import onnx_with_metadata, serving_metadata  # noqa: E402
 
 FORMATS = {'onnx': ('.onnx', onnx_bytes, onnx_max_diff),
            'torchscript': ('.ts.pt', torchscript_bytes, torchscript_max_diff)}
@@ -64,6 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not hasattr(model, 'fuse'):
             fail('--fuse needs ConvMLP.fuse() (src/fuse.py), which this checkout lacks: export without --fuse')
         model = model.fuse()
+    state = checkpoint_state(args.checkpoint)
+    names = None if args.no_head else class_names(state, args.num_classes, args.checkpoint or args.model)[0]
+    metadata = serving_metadata(args.model, weights, output_names(model), run_data_config(model, state), names)
     stem = args.model + ('_fused' if args.fuse else '') + ('_features' if args.no_head else '')
     inputs = check_inputs(args.img_size, extra)
     print(f'{args.model} ({weights}){" fused" if args.fuse else ""}, '
@@ -72,6 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for fmt in args.format:
         suffix, serialise, max_diff = FORMATS[fmt]
         data = serialise(model, inputs[0])
+        if fmt == 'onnx':  # the class names and preprocessing inside (tools/predict.py --onnx reads them)
+            data = onnx_with_metadata(data, metadata)
         diffs = max_diff(data, model, inputs)
         for shape, diff in diffs.items():
             print(f'  {fmt:<11} input {"x".join(map(str, shape))}: max abs diff {diff:.2e}')

@@ -3,7 +3,7 @@
     python tools/predict.py IMAGE... --model convmlp_s                     # the release's ImageNet weights
     python tools/predict.py IMAGE... --checkpoint output/train/RUN/best.pth.tar   # a classification.py run
     python tools/predict.py IMAGE... --model convmlp_s --random            # random weights (no download)
-    python tools/predict.py IMAGE... --onnx exports/digits_int8.onnx       # an ONNX file of tools/quantize.py
+    python tools/predict.py IMAGE... --onnx exports/digits_int8.onnx       # of tools/quantize.py or export.py
 
 Class names: a run's class folders (stored in its checkpoint, else read from the training split its
 arguments name), ImageNet-1k's from timm for 1000-class weights, else indices. The class count comes
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     add_model_args(p)
     p.add_argument('--use-ema', action='store_true', help="a run's EMA weights (needs a run with --model-ema)")
     p.add_argument('--onnx', type=Path, metavar='FILE',
-                   help='run an ONNX classifier written by tools/quantize.py instead (class names and preprocessing '
-                        'from the file)')
+                   help='run an ONNX classifier of tools/quantize.py or tools/export.py instead (class names and '
+                        'preprocessing from the file)')
     p.set_defaults(model=None)  # None: the run's architecture (from its checkpoint), else convmlp_s
     args = p.parse_args(argv)
     if args.onnx and (args.model or args.checkpoint or args.random or args.use_ema):

@@ -112,10 +112,10 @@ def onnx_session(onnx_model: Union[bytes, str], threads: Optional[int] = None, p
 
 
 def onnx_classifier(path, threads: Optional[int] = None):
-    """An ONNX classifier written by ``tools/quantize.py`` as a :class:`~src.model_options.Classifier`: its
-    model runs the file in ONNX Runtime ((N, 3, H, W) float32 tensor in, logits out), its class names and data
-    config are the file's metadata (:mod:`src.deploy.metadata`). ValueError naming the file if it holds no
-    metadata or outputs dense maps instead of logits."""
+    """An ONNX classifier of ``tools/quantize.py`` or ``tools/export.py`` as a
+    :class:`~src.model_options.Classifier`: its model runs the file in ONNX Runtime ((N, 3, H, W) float32 tensor
+    in, logits out), its class names and data config are the file's metadata (:mod:`src.deploy.metadata`).
+    ValueError naming the file if it holds no metadata or outputs dense maps instead of logits."""
     from ..model_options import Classifier
     from .metadata import data_config, read
     meta = read(path)

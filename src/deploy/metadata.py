@@ -60,8 +60,8 @@ def pt2_extra_files(metadata: Dict[str, object]) -> Dict[str, str]:
 
 
 def read(path: Path) -> Dict[str, object]:
-    """The metadata of a ``.onnx`` or ``.pt2`` file written by ``tools/quantize.py``; ValueError naming the
-    file if it holds none or is not such a file."""
+    """The metadata of a ``.onnx`` or ``.pt2`` file written by ``tools/quantize.py`` or ``tools/export.py``;
+    ValueError naming the file if it holds none or is not such a file."""
     path = Path(path)
     if path.suffix == '.onnx':
         import onnx
@@ -81,7 +81,7 @@ def read(path: Path) -> Dict[str, object]:
         raise ValueError(f'{path}: a deployed model is a .onnx or .pt2 file')
     if text is None:
         raise ValueError(f'{path} holds no ConvMLP metadata (class names, preprocessing): give a file written by '
-                         f'tools/quantize.py')
+                         f'tools/quantize.py or tools/export.py')
     return json.loads(text)
 
 

@@ -90,4 +90,3 @@ def data_config(metadata: Dict[str, object]) -> dict:
     takes)."""
     cfg = {k: v for k, v in metadata['preprocessing'].items() if k in PREPROCESSING_KEYS}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-

@@ -121,7 +121,7 @@ def onnx_classifier(path, threads: Optional[int] = None):
     meta = read(path)
     if 'classes' not in meta:
         raise ValueError(f"{path} outputs a backbone's dense maps ({', '.join(meta['outputs'])}), not logits: "
-                         f'give a classifier (quantized without --headless)')
+                         f"give a classifier's file (written without --headless or --no-head)")
     session = onnx_session(str(path), threads)
 
     def run(images: torch.Tensor) -> torch.Tensor:

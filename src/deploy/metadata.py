@@ -12,7 +12,6 @@ config). A service reads them from the model it loads instead of from a report b
 """
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -72,7 +71,7 @@ def read(path: Path) -> Dict[str, object]:
         text = next((p.value for p in model.metadata_props if p.key == KEY), None)
     elif path.suffix == '.pt2':
         try:
-            with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+            with zipfile.ZipFile(path) as archive:
                 text = next((archive.read(name).decode() for name in archive.namelist()
                              if name.endswith(f'/extra/{PT2_FILE}')), None)
         except zipfile.BadZipFile:

@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, not this folder
 
 from src.mm.demo import main  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 if __name__ == '__main__':
-    sys.exit(main('detection'))
+    exit_process(main('detection'))

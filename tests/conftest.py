@@ -1,9 +1,12 @@
-"""Shared fixtures: an isolated torch hub cache and a local HTTP server that serves checkpoints."""
+"""Shared fixtures: an isolated torch hub cache and a local HTTP server that serves checkpoints; test folders
+in memory where the machine has room."""
 import http.server
 import logging
 import os
+import shutil
 import socketserver
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -15,6 +18,26 @@ sys.path.insert(0, str(ROOT))
 MANIFEST = ROOT / 'tests' / 'data' / 'convmlp_state_dict_manifest.json'  # copy of ../shared's
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHM, SHM_NEEDED = Path('/dev/shm'), 6 << 30
+_SHM_BASE = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """``tmp_path`` folders in /dev/shm (memory) when it has 6 GB free and no --basetemp is given: the
+    detection and segmentation runs write a 150 MB checkpoint at every step, and a 6-step Semantic FPN-S run
+    took 1.5 to 1.8 s less there than on the disk (AVX2-only EPYC, 2 cores). A passing test's folder is
+    removed when it ends (``tmp_path_retention_policy``), the base folder when every test passed; a failing
+    test's folder stays for a look."""
+    if config.option.basetemp is None and SHM.is_dir() and shutil.disk_usage(SHM).free >= SHM_NEEDED:
+        config.option.basetemp = config.stash[_SHM_BASE] = tempfile.mkdtemp(prefix='convmlp-pytest-', dir=SHM)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    base = session.config.stash.get(_SHM_BASE, None)
+    if base is not None and exitstatus == 0:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

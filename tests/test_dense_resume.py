@@ -157,6 +157,31 @@ def test_resume_without_a_loadable_checkpoint_is_one_line(tmp_path, capsys):
                            f'truncated')
 
 
+def test_runner_config_is_formatted_once_and_follows_changes(monkeypatch):
+    """The run's config (src/mm/safe_runner.py's FormattedOnceConfig) runs yapf once, not at each of the
+    runner's requests (start, every checkpoint), and gives the text mmengine gives, after a change too."""
+    import copy
+
+    import mmengine.config.config as mm_config
+    from mmengine.config import Config
+
+    from src.mm.safe_runner import FormattedOnceConfig
+    formatted, format_code = [], mm_config.FormatCode  # yapf's, as mmengine calls it
+
+    def counted(text, **kwargs):
+        formatted.append(text)
+        return format_code(text, **kwargs)
+    monkeypatch.setattr(mm_config, 'FormatCode', counted)
+    plain = Config.fromfile(str(ROOT / FPN))
+    run_cfg = copy.deepcopy(FormattedOnceConfig.of(plain))  # the runner's own copy, as mmengine makes it
+    assert type(run_cfg) is FormattedOnceConfig
+    assert [run_cfg.pretty_text for _ in range(5)] == [plain.pretty_text] * 5 and len(formatted) == 2
+    run_cfg.train_cfg.max_iters = 7
+    assert 'max_iters=7' in run_cfg.pretty_text and len(formatted) == 3
+    plain.train_cfg.max_iters = 7
+    assert run_cfg.pretty_text == plain.pretty_text
+
+
 def test_resume_takes_the_newest_loadable_checkpoint_and_its_seed(tmp_path, capsys):
     from src.mm.config import prepare_config
     from src.mm.run import parse_args

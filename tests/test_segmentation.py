@@ -114,3 +114,8 @@ def test_dist_train_and_test_mmseg0_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f'mIoU of {legacy}:' in out
     assert 0 <= float(re.search(r'^mIoU: ([\d.]+)$', out, re.M).group(1)) <= 100
+    # the run wrote its config into its own folder, and left no visualizer behind for the next run in this
+    # process (mmengine keeps one per name, and the configs name theirs 'visualizer')
+    assert len(list((tmp_path / 'test').glob('*/vis_data/config.py'))) == 1
+    from mmengine.visualization import Visualizer
+    assert not Visualizer.check_instance_created('visualizer')

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from src.studies.ablation import ARCH_CHOICES, ROWS, report, run_study  # noqa: E402
 from src.utils.errors import UsageError, fail  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 DEFAULT_DATA = Path('data/digits')
 
@@ -88,4 +89,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.deploy.quantize import KEEP_FP32_ORDER  # noqa: E402
 from src.perf import benchmark as bench  # noqa: E402
 from src.utils import precision  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 MODELS = {'s': 'convmlp_s', 'm': 'convmlp_m', 'l': 'convmlp_l'}
 BOTH = {'both': [False, True], 'off': [False], 'only': [True]}
@@ -214,4 +215,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -36,6 +36,7 @@ from src.explain.cam import METHODS, MIN_MAP_SIDE  # noqa: E402
 from src.model_options import add_model_args, eval_transform, load_classifier  # noqa: E402
 from src.utils.errors import UsageError, fail  # noqa: E402
 from src.utils.images import IMAGE_SUFFIXES, image_files, read_images, save_png  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 
 def collect_inputs(inputs: Sequence[str], out: Path) -> List[Tuple[Path, Path]]:
@@ -194,4 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

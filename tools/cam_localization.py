@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from src.utils.errors import UsageError, fail  # noqa: E402
 from src.utils.precision import cpu_name  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 LAYERS = 'tokenizer,conv_block,conv_stage,stage1,stage2,stage3,norm'
 METHODS = 'gradcam,gradcam++,xgradcam,hirescam,layercam,eigencam'
@@ -161,4 +162,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -30,6 +30,7 @@ from src.model_options import parse_size  # noqa: E402
 from src.utils.errors import fail  # noqa: E402
 from src.perf.flops import count_macs, count_params  # noqa: E402
 from src.utils.markdown import table  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 MARKS = ('✓', '✓ 2-step', '✗ differs')  # best to worst; a row shows its worst
 HEADERS = ['Model', 'Input', 'Params (paper)', 'Params (measured)', 'MACs (paper)', 'MACs (measured)', 'Agrees']
@@ -260,4 +261,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

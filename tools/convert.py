@@ -35,6 +35,7 @@ from src.convmlp import ARCHS, ConvMLP  # noqa: E402
 from src.utils.markdown import table  # noqa: E402
 from src.weights import (CheckpointError, fetch, load_checkpoint_file, state_dict_mismatch,  # noqa: E402
                          unwrap_state_dict)
+from src.utils.shutdown import exit_process  # noqa: E402
 
 CITATION = """@article{li2021convmlp,
   title   = {ConvMLP: Hierarchical Convolutional MLPs for Vision},
@@ -221,4 +222,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

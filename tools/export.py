@@ -31,6 +31,7 @@ from src.utils.errors import fail, report  # noqa: E402
 from src.deploy.export import (onnx_bytes, onnx_max_diff, output_names, torchscript_bytes,  # noqa: E402
                                torchscript_max_diff)
 from src.deploy.metadata import onnx_with_metadata, serving_metadata  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 FORMATS = {'onnx': ('.onnx', onnx_bytes, onnx_max_diff),
            'torchscript': ('.ts.pt', torchscript_bytes, torchscript_max_diff)}
@@ -98,4 +99,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.studies.shapes import OBJECTS, RADIUS, make_shapes  # noqa: E402
 from src.utils.errors import report  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 
 def _size(text: str) -> Tuple[int, int]:
@@ -79,4 +80,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -25,6 +25,7 @@ from src.deploy.export import onnx_classifier  # noqa: E402
 from src.model_options import add_model_args, load_classifier, preprocess  # noqa: E402
 from src.utils.errors import OneLineParser, UsageError, fail  # noqa: E402
 from src.utils.images import read_images  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 
 def top5(model, images: Sequence[np.ndarray], data_cfg: dict) -> List[List[Tuple[int, float]]]:
@@ -72,4 +73,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

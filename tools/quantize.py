@@ -44,6 +44,7 @@ from src.model_options import add_model_args, load_classifier  # noqa: E402
 from src.utils.atomic import atomic_write  # noqa: E402
 from src.utils.errors import OneLineParser, UsageError, fail, report  # noqa: E402
 from src.utils.images import list_image_folder  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -193,4 +194,4 @@ def _versions(backend: str) -> dict:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.utils.errors import fail  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 
 def _pair(text: str):
@@ -95,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

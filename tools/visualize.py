@@ -42,6 +42,7 @@ from src.utils.errors import fail  # noqa: E402
 from src.convmlp import ABLATION_TITLES, ARCHS  # noqa: E402
 from src.explain.feature_maps import (convmlp_stage_maps, feature_grid, png_bytes, stage_rows_figure,  # noqa: E402
                               timm_stage_maps, token_block_maps)
+from src.utils.shutdown import exit_process  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -200,4 +201,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src import zoo  # noqa: E402
+from src.utils.shutdown import exit_process  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -22,4 +23,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    exit_process(main())

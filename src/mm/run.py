@@ -89,22 +89,35 @@ def main(task: str, mode: str, argv=None) -> int:
         teardown_process(barrier=True)
 
 
+def _forget_visualizer(visualizer) -> None:
+    """mmdet's and mmseg's configs name their visualizer 'visualizer', and mmengine builds one visualizer of a
+    name per process: a second run in this process would draw (and write its config) into the first run's
+    folder. Forget this run's, so the next run builds its own."""
+    from mmengine.visualization import Visualizer
+    for manager in {type(visualizer), Visualizer}:
+        if manager._instance_dict.get(visualizer.instance_name) is visualizer:
+            del manager._instance_dict[visualizer.instance_name]
+
+
 def _run(cfg, args, task: str, mode: str) -> int:
     from mmengine.model import is_model_wrapper
     from . import preemption  # noqa: F401  registers PreemptionHook
     from .safe_runner import SafeRunner  # also registers SafeCheckpointHook and ExactEpochBasedTrainLoop
     runner = SafeRunner.from_cfg(copy.deepcopy(cfg))
-    with run_checkpoints_loadable():
-        if mode == 'train':
-            runner.train()
-            runner.logger.info(f'done: outputs in {runner.work_dir}')  # checkpoints, logs, last_checkpoint
-            return 0
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        dataset_meta = load_checkpoint_for_test(args.checkpoint, model, task)
-        if dataset_meta:
-            model.dataset_meta = dataset_meta
-        runner.logger.info(f'loaded {args.checkpoint}')
-        metrics = runner.test()
+    try:
+        with run_checkpoints_loadable():
+            if mode == 'train':
+                runner.train()
+                runner.logger.info(f'done: outputs in {runner.work_dir}')  # checkpoints, logs, last_checkpoint
+                return 0
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            dataset_meta = load_checkpoint_for_test(args.checkpoint, model, task)
+            if dataset_meta:
+                model.dataset_meta = dataset_meta
+            runner.logger.info(f'loaded {args.checkpoint}')
+            metrics = runner.test()
+    finally:
+        _forget_visualizer(runner.visualizer)
     if runner.rank == 0:
         print(f'{METRIC_NAMES[task]} of {args.checkpoint}:\n{_format_metrics(metrics)}', flush=True)
     return 0

@@ -57,6 +57,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..convmlp import ConvDownsample, ConvMLP, convmlp_l, convmlp_m, convmlp_s
 from ..utils.malloc import keep_freed_memory
+from ..utils.shutdown import exit_process
 from .product_share import onnx_products_share, torch_products_share
 
 __all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
@@ -518,6 +519,7 @@ def _child() -> None:
 
 if __name__ == '__main__':
     _child()
+    exit_process(0)
 
 
 # ---- the benchmark run behind tools/benchmark.py ------------------------------------------------------

@@ -19,7 +19,7 @@ MANIFEST = ROOT / 'tests' / 'data' / 'convmlp_state_dict_manifest.json'  # copy 
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHM, SHM_NEEDED = Path('/dev/shm'), 6 << 30
+SHM, SHM_NEEDED, SHM_PREFIX = Path('/dev/shm'), 6 << 30, 'convmlp-pytest-'
 _SHM_BASE = pytest.StashKey[str]()
 
 
@@ -29,9 +29,14 @@ def pytest_configure(config):
     detection and segmentation runs write a 150 MB checkpoint at every step, and a 6-step Semantic FPN-S run
     took 1.5 to 1.8 s less there than on the disk (AVX2-only EPYC, 2 cores). A passing test's folder is
     removed when it ends (``tmp_path_retention_policy``), the base folder when every test passed; a failing
-    test's folder stays for a look."""
-    if config.option.basetemp is None and SHM.is_dir() and shutil.disk_usage(SHM).free >= SHM_NEEDED:
-        config.option.basetemp = config.stash[_SHM_BASE] = tempfile.mkdtemp(prefix='convmlp-pytest-', dir=SHM)
+    test's folder stays for a look, for the next two sessions (as pytest keeps its folders under /tmp)."""
+    if config.option.basetemp is not None or not SHM.is_dir():
+        return
+    earlier = sorted(SHM.glob(f'{SHM_PREFIX}*'), key=lambda p: p.stat().st_mtime)
+    for old in earlier[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    if shutil.disk_usage(SHM).free >= SHM_NEEDED:
+        config.option.basetemp = config.stash[_SHM_BASE] = tempfile.mkdtemp(prefix=SHM_PREFIX, dir=SHM)
 
 
 def pytest_sessionfinish(session, exitstatus):

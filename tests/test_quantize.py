@@ -125,7 +125,7 @@ def test_headless_backbone_quantized(digits_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path):
+def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path, capsys):
     """--backend pt2e on the demo's model: a torch.export program that loads back (dynamic batch), runs
     compiled by inductor as oneDNN int8 kernels, and agrees with fp32 on the held-out digits as the ONNX path
     must (the check and the evaluation run the written file, compiled); every channel-MLP linear and conv but
@@ -157,6 +157,17 @@ def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path):
     extra = {'convmlp.json': ''}
     torch.export.load(io.BytesIO(out.read_bytes()), extra_files=extra)
     assert json.loads(extra['convmlp.json']) == meta
+
+    # served from the file alone: tools/predict.py --pt2, one held-out digit of each class (the program as it is:
+    # int8 emulated; --compile runs it through compile_int8, as the check and the evaluation above did)
+    images = [str(sorted((data / 'validation' / name).iterdir())[0]) for name in meta['classes']]
+    capsys.readouterr()
+    assert load_tool('predict').main([*images, '--pt2', str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('PT2 int8, weights: ') and f'10 classes, names from the metadata of {out}' in lines[0]
+    top1 = [lines[2 + 6 * i].split()[2] for i in range(len(images))]
+    assert sum(name == expected for name, expected in zip(top1, meta['classes'])) >= 8, top1
+    assert pt2e.pt2_classifier(out, compiled=True).model.__qualname__ == 'compile_int8.<locals>.run'
 
 
 # ---- the pieces ------------------------------------------------------------------------------------
@@ -267,14 +278,19 @@ def test_predict_runs_an_onnx_file_by_its_metadata(tmp_path, capsys):
                           ([str(image), '--onnx', str(dense)], "outputs a backbone's dense maps (feature_s4)"),
                           ([str(image), '--onnx', str(garbage)], f'{garbage} is not an ONNX model'),
                           ([str(image), '--onnx', str(tmp_path / 'nope.onnx')], 'no such file'),
-                          ([str(image), '--onnx', str(good), '--checkpoint', 'x.pth'], 'drop --model/--checkpoint')):
+                          ([str(image), '--onnx', str(good), '--checkpoint', 'x.pth'], 'drop --model/--checkpoint'),
+                          ([str(image), '--onnx', str(good), '--pt2', 'x.pt2'], 'not allowed with argument --onnx'),
+                          ([str(image), '--onnx', str(good), '--compile'], '--compile compiles a --pt2 program'),
+                          ([str(image), '--pt2', str(good)], f'--pt2 {good}: expects a .pt2 file')):
         with pytest.raises(SystemExit) as exit_:
             predict.main(args)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count('\n') == 1 and message in err, err
     garbage.rename(tmp_path / 'garbage.pt2')
+    (tmp_path / 'garbage.ts.pt').write_bytes(b'not a model')
     for path, message in ((tmp_path / 'garbage.pt2', 'is not a torch.export archive'),
-                          (image, 'a deployed model is a .onnx or .pt2 file')):
+                          (tmp_path / 'garbage.ts.pt', 'is not a TorchScript archive'),
+                          (image, 'a deployed model is a .onnx, .pt2 or .ts.pt file')):
         with pytest.raises(ValueError, match=message):
             read_metadata(path)
 

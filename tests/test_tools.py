@@ -1,6 +1,7 @@
 """Research tools: complexity table (fvcore-style MACs), feature-map figure, ONNX / TorchScript export,
 README model zoo table."""
 import io
+import json
 import re
 import subprocess
 import sys
@@ -196,10 +197,10 @@ def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
             assert g.shape == w.shape and np.abs(g - w).max() <= 1e-4
 
 
-def test_exported_onnx_carries_the_runs_class_names_and_preprocessing(tmp_path, capsys):
-    """The ONNX file of a classification run's checkpoint holds the run's class names and preprocessing
-    (src/deploy/metadata.py), so tools/predict.py --onnx ranks an image as --checkpoint does on the eager model;
-    a backbone's file (--no-head) names its four maps and no classes."""
+def test_exported_files_carry_the_runs_class_names_and_preprocessing(tmp_path, capsys):
+    """The ONNX and TorchScript files of a classification run's checkpoint hold the run's class names and
+    preprocessing (src/deploy/metadata.py), so tools/predict.py --onnx and --torchscript rank an image as
+    --checkpoint does on the eager model; a backbone's files (--no-head) name its four maps and no classes."""
     from PIL import Image
     from src.deploy.metadata import read
     predict = load_tool('predict')
@@ -214,9 +215,14 @@ def test_exported_onnx_carries_the_runs_class_names_and_preprocessing(tmp_path, 
                                                               interpolation='bilinear')), run)
     out_dir = tmp_path / 'exports'
     for extra in ([], ['--no-head']):
-        assert export.main(['--checkpoint', str(run), '--num-classes', '3', '--format', 'onnx', '--img-size', '48',
+        assert export.main(['--checkpoint', str(run), '--num-classes', '3', '--img-size', '48',
                             '--out-dir', str(out_dir), *extra]) == 0
     meta = read(out_dir / 'convmlp_s.onnx')
+    assert read(out_dir / 'convmlp_s.ts.pt') == meta
+    assert read(out_dir / 'convmlp_s_features.ts.pt') == read(out_dir / 'convmlp_s_features.onnx')
+    extra_files = {'convmlp.json': ''}  # torch reads it too
+    torch.jit.load(str(out_dir / 'convmlp_s.ts.pt'), _extra_files=extra_files)
+    assert json.loads(extra_files['convmlp.json']) == meta
     assert meta['classes'] == ['ant', 'bee', 'cow'] and meta['outputs'] == ['logits'] and meta['weights'] == str(run)
     assert meta['preprocessing']['input_size'] == [3, 48, 48] and meta['preprocessing']['crop_pct'] == 1.0
     assert meta['preprocessing']['interpolation'] == 'bilinear'
@@ -227,15 +233,17 @@ def test_exported_onnx_carries_the_runs_class_names_and_preprocessing(tmp_path, 
     image = tmp_path / 'x.png'
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(image)
     ranked = []
-    for args in (['--checkpoint', str(run)], ['--onnx', str(out_dir / 'convmlp_s.onnx')]):
+    for args in (['--checkpoint', str(run)], ['--onnx', str(out_dir / 'convmlp_s.onnx')],
+                 ['--torchscript', str(out_dir / 'convmlp_s.ts.pt')]):
         capsys.readouterr()
         assert predict.main([str(image), *args]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert 'input 48x48' in lines[0] and lines[1] == str(image)
         ranked.append([line.split() for line in lines[2:]])
-    eager, onnx = ranked
-    assert [r[2] for r in onnx] == [r[2] for r in eager] and len(onnx) == 3
-    assert [float(r[1][:-1]) for r in onnx] == pytest.approx([float(r[1][:-1]) for r in eager], abs=0.11)
+    eager, *deployed = ranked
+    for served in deployed:
+        assert [r[2] for r in served] == [r[2] for r in eager] and len(served) == 3
+        assert [float(r[1][:-1]) for r in served] == pytest.approx([float(r[1][:-1]) for r in eager], abs=0.11)
 
 
 def test_export_bad_checkpoint_exits_2(tmp_path, capsys):

@@ -6,8 +6,9 @@ model before the file is written.
     python tools/export.py --checkpoint run/model_best.pth --format onnx --img-size 256
     python tools/export.py --random --out-dir /tmp/x               # random weights, no download
 
-The ONNX file carries the class names (none with --no-head) and the preprocessing of the weights (a run's own,
-else timm's for the model) in its metadata (src/deploy/metadata.py): tools/predict.py --onnx serves it by them.
+Each file carries the class names (none with --no-head) and the preprocessing of the weights (a run's own,
+else timm's for the model) in its metadata (src/deploy/metadata.py): tools/predict.py --onnx / --torchscript
+serves it by them.
 
 Each format is checked at the export size and at every --check-size (default: another height and width
 with batch 2, which exercises the dynamic axes): the max abs difference to the eager model is printed and
@@ -30,7 +31,7 @@ from src.model_options import (add_model_args, build_model, checkpoint_state, cl
 from src.utils.errors import fail, report  # noqa: E402
 from src.deploy.export import (onnx_bytes, onnx_max_diff, output_names, torchscript_bytes,  # noqa: E402
                                torchscript_max_diff)
-from src.deploy.metadata import onnx_with_metadata, serving_metadata  # noqa: E402
+from src.deploy.metadata import archive_extra_files, onnx_with_metadata, serving_metadata  # noqa: E402
 from src.utils.shutdown import exit_process  # noqa: E402
 
 FORMATS = {'onnx': ('.onnx', onnx_bytes, onnx_max_diff),
@@ -81,9 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = False
     for fmt in args.format:
         suffix, serialise, max_diff = FORMATS[fmt]
-        data = serialise(model, inputs[0])
-        if fmt == 'onnx':  # the class names and preprocessing inside (tools/predict.py --onnx reads them)
-            data = onnx_with_metadata(data, metadata)
+        # the class names and preprocessing inside (tools/predict.py reads them)
+        if fmt == 'onnx':
+            data = onnx_with_metadata(serialise(model, inputs[0]), metadata)
+        else:
+            data = serialise(model, inputs[0], archive_extra_files(metadata))
         diffs = max_diff(data, model, inputs)
         for shape, diff in diffs.items():
             print(f'  {fmt:<11} input {"x".join(map(str, shape))}: max abs diff {diff:.2e}')

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ['exported_module', 'output_names', 'onnx_bytes', 'onnx_session', 'onnx_classifier', 'onnx_max_diff',
-           'torchscript_bytes', 'torchscript_max_diff']
+           'torchscript_bytes', 'torchscript_classifier', 'torchscript_max_diff']
 
 OPSET = 17
 INPUT_NAME = 'image'
@@ -116,18 +116,19 @@ def onnx_classifier(path, threads: Optional[int] = None):
     :class:`~src.model_options.Classifier`: its model runs the file in ONNX Runtime ((N, 3, H, W) float32 tensor
     in, logits out), its class names and data config are the file's metadata (:mod:`src.deploy.metadata`).
     ValueError naming the file if it holds no metadata or outputs dense maps instead of logits."""
-    from ..model_options import Classifier
-    from .metadata import data_config, read
-    meta = read(path)
-    if 'classes' not in meta:
-        raise ValueError(f"{path} outputs a backbone's dense maps ({', '.join(meta['outputs'])}), not logits: "
-                         f"give a classifier's file (written without --headless or --no-head)")
-    session = onnx_session(str(path), threads)
+    from .metadata import served_classifier
 
-    def run(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
-    return Classifier(run, f"{path} ({meta['arch']}, {meta['weights']})", meta['classes'], f'the metadata of {path}',
-                      data_config(meta))
+    def load():
+        session = onnx_session(str(path), threads)
+        return lambda images: torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
+    return served_classifier(path, load)
+
+
+def torchscript_classifier(path):
+    """A TorchScript classifier of ``tools/export.py`` (``.ts.pt``) as a :class:`~src.model_options.Classifier`,
+    as :func:`onnx_classifier` (its model the loaded module, eval mode, on the CPU)."""
+    from .metadata import served_classifier
+    return served_classifier(path, lambda: torch.jit.load(str(path), map_location='cpu').eval())
 
 
 @torch.no_grad()
@@ -141,12 +142,13 @@ def onnx_max_diff(onnx_model: bytes, model: nn.Module, inputs: Sequence[torch.Te
 
 
 @torch.no_grad()
-def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
-    """The serialised TorchScript module (``torch.jit.trace`` of ``model`` in eval mode on ``example``)."""
+def torchscript_bytes(model: nn.Module, example: torch.Tensor, extra_files: Optional[Dict[str, str]] = None) -> bytes:
+    """The serialised TorchScript module (``torch.jit.trace`` of ``model`` in eval mode on ``example``), with
+    ``extra_files`` in its archive (:func:`src.deploy.metadata.archive_extra_files`)."""
     with _quiet_tracing():
         traced = torch.jit.trace(exported_module(model).eval(), example, strict=getattr(model, 'classifier_head', True))
         buf = io.BytesIO()
-        torch.jit.save(traced, buf)
+        torch.jit.save(traced, buf, _extra_files=extra_files or {})
     return buf.getvalue()
 
 

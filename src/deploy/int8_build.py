@@ -25,7 +25,7 @@ from ..utils.images import FolderImages, read_images
 from ..utils.markdown import table
 from .export import exported_module, onnx_bytes, onnx_session, output_names
 from .fidelity import Runner, compare, session_runner
-from .metadata import onnx_with_metadata, pt2_extra_files
+from .metadata import archive_extra_files, onnx_with_metadata
 from .quantize import KEEP_FP32_ORDER, KEEP_FP32_WHY, Recipe, op_summary, prepare, quantize
 
 __all__ = ['AUTO', 'BACKENDS', 'CalibrationSplit', 'split_calibration', 'check_disjoint', 'held_out_labels', 'image_batches',
@@ -177,7 +177,7 @@ def build_int8(model: nn.Module, data_cfg: dict, split: CalibrationSplit, keep_f
         fp32_bytes = sum(t.numel() * t.element_size() for t in fused.state_dict().values())
 
         def quantize_group(group: str):
-            extra = None if metadata is None else pt2_extra_files(metadata)
+            extra = None if metadata is None else archive_extra_files(metadata)
             int8 = pt2e.quantize(model, calibration, group, dense, extra_files=extra)
             # the check runs the saved program, as written
             return int8, int8.fp32_modules, pt2e.runner(pt2e.compile_int8(pt2e.load(int8.data)), threads=threads)

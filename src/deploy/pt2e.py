@@ -38,7 +38,7 @@ from .export import DenseMaps, exported_module
 from .fidelity import Runner, batched
 
 __all__ = ['FlatMlp', 'flat_mlps', 'convmlp_quantizer', 'fp32_modules', 'Pt2eInt8', 'quantize', 'compile_int8',
-           'load', 'runner']
+           'load', 'pt2_classifier', 'runner']
 
 
 class FlatMlp(Mlp):
@@ -199,6 +199,20 @@ def load(data: bytes) -> nn.Module:
     """The quantized graph of a saved :attr:`Pt2eInt8.data` (or a ``.pt2`` file's bytes), not compiled."""
     _quantizer_classes()
     return torch.export.load(io.BytesIO(data)).module()
+
+
+def pt2_classifier(path, compiled: bool = False):
+    """A ``.pt2`` classifier of ``tools/quantize.py --backend pt2e`` as a :class:`~src.model_options.Classifier`,
+    as :func:`src.deploy.export.onnx_classifier`. Its model runs the program as it is (int8 arithmetic
+    emulated: dequantize, fp32 op, quantize; no compilation), or, ``compiled``, as :func:`compile_int8` makes
+    it (oneDNN's int8 kernels, what a service runs; tens of seconds per input shape first)."""
+    from pathlib import Path
+    from .metadata import served_classifier
+
+    def load_program():
+        graph = load(Path(path).read_bytes())
+        return compile_int8(graph) if compiled else graph
+    return served_classifier(path, load_program)
 
 
 def runner(fn: Callable[[torch.Tensor], object], batch: int = 32, threads: Optional[int] = None) -> Runner:

@@ -26,6 +26,7 @@ import dataclasses
 import io
 import logging
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -206,7 +207,6 @@ def pt2_classifier(path, compiled: bool = False):
     as :func:`src.deploy.export.onnx_classifier`. Its model runs the program as it is (int8 arithmetic
     emulated: dequantize, fp32 op, quantize; no compilation), or, ``compiled``, as :func:`compile_int8` makes
     it (oneDNN's int8 kernels, what a service runs; tens of seconds per input shape first)."""
-    from pathlib import Path
     from .metadata import served_classifier
 
     def load_program():

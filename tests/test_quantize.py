@@ -164,7 +164,7 @@ def test_trained_digits_model_quantized_by_pt2e(digits_run, tmp_path, capsys):
     capsys.readouterr()
     assert load_tool('predict').main([*images, '--pt2', str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith('PT2 int8, weights: ') and f'10 classes, names from the metadata of {out}' in lines[0]
+    assert lines[0].startswith('PT2, weights: ') and f'10 classes, names from the metadata of {out}' in lines[0]
     top1 = [lines[2 + 6 * i].split()[2] for i in range(len(images))]
     assert sum(name == expected for name, expected in zip(top1, meta['classes'])) >= 8, top1
     assert pt2e.pt2_classifier(out, compiled=True).model.__qualname__ == 'compile_int8.<locals>.run'

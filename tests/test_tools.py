@@ -170,8 +170,8 @@ def test_torchscript_equals_eager():
 @pytest.mark.skipif(not hasattr(ConvMLP, 'fuse'), reason='ConvMLP.fuse (src/fuse.py) not in this checkout')
 @pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
 def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
-    """tools/export.py with a local checkpoint, BatchNorm fused, feature maps out: both files written, and
-    both reproduce the unfused eager model."""
+    """tools/export.py with a local checkpoint, BatchNorm fused, feature maps out: the three files written, and
+    each reproduces the unfused eager model."""
     model = convmlp_s(classifier_head=False).eval()
     for m in model.modules():  # non-trivial BatchNorm statistics, so folding them is tested
         if isinstance(m, nn.BatchNorm2d):
@@ -180,27 +180,31 @@ def test_export_cli_fused_features_from_checkpoint(tmp_path, capsys):
     torch.save(model.state_dict(), tmp_path / 'weights.pth')
     out_dir = tmp_path / 'exports'
     assert export.main(['--checkpoint', str(tmp_path / 'weights.pth'), '--fuse', '--no-head', '--img-size', '64',
-                        '--check-size', '96x64', '--out-dir', str(out_dir)]) == 0
-    assert len(re.findall(r'max abs diff', capsys.readouterr().out)) == 4
-    assert sorted(p.name for p in out_dir.iterdir()) == ['convmlp_s_fused_features.onnx',
+                        '--check-size', '96x64', '--format', 'onnx', 'torchscript', 'pt2', '--out-dir',
+                        str(out_dir)]) == 0
+    assert len(re.findall(r'max abs diff', capsys.readouterr().out)) == 6
+    assert sorted(p.name for p in out_dir.iterdir()) == ['convmlp_s_fused_features.onnx', 'convmlp_s_fused_features.pt2',
                                                          'convmlp_s_fused_features.ts.pt']
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         want = [t.numpy() for t in model.forward_dense(x)]
         traced = torch.jit.load(str(out_dir / 'convmlp_s_fused_features.ts.pt'))
         got_ts = [t.numpy() for t in traced(x)]
+        program = torch.export.load(str(out_dir / 'convmlp_s_fused_features.pt2')).module()
+        got_pt2 = [t.numpy() for t in program(x)]
     session = onnx_session(str(out_dir / 'convmlp_s_fused_features.onnx'))
     got_onnx = session.run(None, {'image': x.numpy()})
     assert [o.name for o in session.get_outputs()] == ['feature_s4', 'feature_s8', 'feature_s16', 'feature_s32']
-    for got in (got_ts, got_onnx):
+    for got in (got_ts, got_onnx, got_pt2):
         for g, w in zip(got, want, strict=True):
             assert g.shape == w.shape and np.abs(g - w).max() <= 1e-4
 
 
 def test_exported_files_carry_the_runs_class_names_and_preprocessing(tmp_path, capsys):
-    """The ONNX and TorchScript files of a classification run's checkpoint hold the run's class names and
-    preprocessing (src/deploy/metadata.py), so tools/predict.py --onnx and --torchscript rank an image as
-    --checkpoint does on the eager model; a backbone's files (--no-head) name its four maps and no classes."""
+    """The ONNX, TorchScript and torch.export files of a classification run's checkpoint hold the run's class
+    names and preprocessing (src/deploy/metadata.py), so tools/predict.py --onnx, --torchscript and --pt2 rank an
+    image as --checkpoint does on the eager model; a backbone's files (--no-head) name its four maps and no
+    classes. The .pt2 takes any batch size and side."""
     from PIL import Image
     from src.deploy.metadata import read
     predict = load_tool('predict')
@@ -214,12 +218,15 @@ def test_exported_files_carry_the_runs_class_names_and_preprocessing(tmp_path, c
                     state_dict=model.state_dict(), args=dict(model='convmlp_s', img_size=48, crop_pct=1.0,
                                                               interpolation='bilinear')), run)
     out_dir = tmp_path / 'exports'
-    for extra in ([], ['--no-head']):
-        assert export.main(['--checkpoint', str(run), '--num-classes', '3', '--img-size', '48',
-                            '--out-dir', str(out_dir), *extra]) == 0
+    for extra in (['--format', 'onnx', 'torchscript', 'pt2'], ['--no-head']):
+        assert export.main(['--checkpoint', str(run), '--num-classes', '3', '--img-size', '48', '--check-size',
+                            '80x40', '--out-dir', str(out_dir), *extra]) == 0
     meta = read(out_dir / 'convmlp_s.onnx')
-    assert read(out_dir / 'convmlp_s.ts.pt') == meta
+    assert read(out_dir / 'convmlp_s.ts.pt') == read(out_dir / 'convmlp_s.pt2') == meta
     assert read(out_dir / 'convmlp_s_features.ts.pt') == read(out_dir / 'convmlp_s_features.onnx')
+    program = torch.export.load(str(out_dir / 'convmlp_s.pt2')).module()  # any batch, sides from 33 px
+    with torch.no_grad():
+        assert program(torch.randn(1, 3, 33, 90)).shape == (1, 3) and program(torch.randn(5, 3, 64, 48)).shape == (5, 3)
     extra_files = {'convmlp.json': ''}  # torch reads it too
     torch.jit.load(str(out_dir / 'convmlp_s.ts.pt'), _extra_files=extra_files)
     assert json.loads(extra_files['convmlp.json']) == meta
@@ -234,7 +241,7 @@ def test_exported_files_carry_the_runs_class_names_and_preprocessing(tmp_path, c
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(image)
     ranked = []
     for args in (['--checkpoint', str(run)], ['--onnx', str(out_dir / 'convmlp_s.onnx')],
-                 ['--torchscript', str(out_dir / 'convmlp_s.ts.pt')]):
+                 ['--torchscript', str(out_dir / 'convmlp_s.ts.pt')], ['--pt2', str(out_dir / 'convmlp_s.pt2')]):
         capsys.readouterr()
         assert predict.main([str(image), *args]) == 0
         lines = capsys.readouterr().out.splitlines()
@@ -256,6 +263,11 @@ def test_export_bad_checkpoint_exits_2(tmp_path, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().endswith(
         'checkpoint head has 10 classes, the model 1000: pass --num-classes to match the checkpoint')
+    with pytest.raises(SystemExit) as e:  # torch.export would fix a 32 px side
+        export.main(['--random', '--format', 'pt2', '--img-size', '64', '--check-size', '32', '--out-dir',
+                     str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and '--format pt2 needs input sizes of at least 33x33' in err
     assert not (tmp_path / 'out').exists()
 
 

@@ -1,14 +1,16 @@
-"""Export ConvMLP to ONNX (dynamic batch, height, width) and TorchScript, each checked against the eager
-model before the file is written.
+"""Export ConvMLP to ONNX (dynamic batch, height, width) and TorchScript, or to a torch.export program, each
+checked against the eager model before the file is written.
 
     python tools/export.py --model convmlp_s                       # released weights -> exports/convmlp_s.{onnx,ts.pt}
     python tools/export.py --model convmlp_l --fuse --no-head      # BatchNorm folded; four feature maps out
     python tools/export.py --checkpoint run/model_best.pth --format onnx --img-size 256
+    python tools/export.py --model convmlp_s --format pt2          # torch.export program -> exports/convmlp_s.pt2
     python tools/export.py --random --out-dir /tmp/x               # random weights, no download
 
 Each file carries the class names (none with --no-head) and the preprocessing of the weights (a run's own,
-else timm's for the model) in its metadata (src/deploy/metadata.py): tools/predict.py --onnx / --torchscript
-serves it by them.
+else timm's for the model) in its metadata (src/deploy/metadata.py): tools/predict.py --onnx / --torchscript /
+--pt2 serves it by them. A .pt2 (PyTorch's successor to TorchScript, written on request) takes any batch and
+sides of 33 px and more.
 
 Each format is checked at the export size and at every --check-size (default: another height and width
 with batch 2, which exercises the dynamic axes): the max abs difference to the eager model is printed and
@@ -29,13 +31,15 @@ from src.utils.atomic import atomic_write  # noqa: E402
 from src.model_options import (add_model_args, build_model, checkpoint_state, class_names,  # noqa: E402
                                 parse_size, run_data_config)
 from src.utils.errors import fail, report  # noqa: E402
-from src.deploy.export import (onnx_bytes, onnx_max_diff, output_names, torchscript_bytes,  # noqa: E402
-                               torchscript_max_diff)
+from src.deploy.export import (PROGRAM_MIN_SIDE, onnx_bytes, onnx_max_diff, output_names,  # noqa: E402
+                               program_bytes, program_max_diff, torchscript_bytes, torchscript_max_diff)
 from src.deploy.metadata import archive_extra_files, onnx_with_metadata, serving_metadata  # noqa: E402
 from src.utils.shutdown import exit_process  # noqa: E402
 
 FORMATS = {'onnx': ('.onnx', onnx_bytes, onnx_max_diff),
-           'torchscript': ('.ts.pt', torchscript_bytes, torchscript_max_diff)}
+           'torchscript': ('.ts.pt', torchscript_bytes, torchscript_max_diff),
+           'pt2': ('.pt2', program_bytes, program_max_diff)}
+DEFAULT_FORMATS = ['onnx', 'torchscript']
 
 
 def check_inputs(size: Tuple[int, int], extra: Sequence[Tuple[int, int]], seed: int = 0) -> List[torch.Tensor]:
@@ -47,8 +51,8 @@ def check_inputs(size: Tuple[int, int], extra: Sequence[Tuple[int, int]], seed: 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
-    parser.add_argument('--format', nargs='+', choices=sorted(FORMATS), default=sorted(FORMATS),
-                        help='what to write (default: both)')
+    parser.add_argument('--format', nargs='+', choices=sorted(FORMATS), default=DEFAULT_FORMATS,
+                        help='what to write (default: onnx torchscript; pt2: a torch.export program)')
     parser.add_argument('--fuse', action='store_true', help='fold BatchNorm into the convs first (inference only)')
     parser.add_argument('--no-head', action='store_true',
                         help='export the backbone: four feature maps (strides 4, 8, 16, 32) instead of logits')
@@ -65,6 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = args.check_size if args.check_size is not None else [(h + 32, max(32, w - 32))]
     if min(min(s) for s in [args.img_size, *extra]) < 32:
         fail('input sizes must be at least 32x32 (ConvMLP downsamples by 32)')
+    if 'pt2' in args.format and min(min(s) for s in [args.img_size, *extra]) < PROGRAM_MIN_SIDE:
+        fail(f'--format pt2 needs input sizes of at least {PROGRAM_MIN_SIDE}x{PROGRAM_MIN_SIDE} (torch.export fixes a '
+             f'32 px side): give a larger --img-size / --check-size, or drop pt2')
 
     model, weights = build_model(args, need_head=not args.no_head, num_classes=args.num_classes,
                                  classifier_head=not args.no_head)

@@ -4,14 +4,14 @@
     python tools/predict.py IMAGE... --checkpoint output/train/RUN/best.pth.tar   # a classification.py run
     python tools/predict.py IMAGE... --model convmlp_s --random            # random weights (no download)
     python tools/predict.py IMAGE... --onnx exports/digits_int8.onnx       # of tools/quantize.py or export.py
-    python tools/predict.py IMAGE... --pt2 exports/digits_int8.pt2         # of tools/quantize.py --backend pt2e
+    python tools/predict.py IMAGE... --pt2 exports/digits_int8.pt2         # of quantize.py --backend pt2e or export.py
     python tools/predict.py IMAGE... --torchscript exports/convmlp_s.ts.pt # of tools/export.py
 
 Class names: a run's class folders (stored in its checkpoint, else read from the training split its
 arguments name), ImageNet-1k's from timm for 1000-class weights, else indices. The class count comes
 from the checkpoint. Preprocessing is timm's evaluation transform of the model (a run's --img-size,
---crop-pct, --mean/--std when it set them). A deployed file (--onnx: in ONNX Runtime; --pt2: PyTorch's int8
-program, as it is or with --compile as a service runs it; --torchscript) runs with the class names and
+--crop-pct, --mean/--std when it set them). A deployed file (--onnx: in ONNX Runtime; --pt2: a torch.export
+program, int8 or fp32, as it is or with --compile as a service runs it; --torchscript) runs with the class names and
 preprocessing stored in it (src/deploy/metadata.py). Bad input: one ``predict.py: error:`` line, exit code 2.
 """
 import sys
@@ -31,7 +31,7 @@ from src.utils.shutdown import exit_process  # noqa: E402
 
 
 # the options that run a deployed file: what the first line of the output calls each, the file name's ending
-DEPLOYED = {'onnx': ('ONNX', '.onnx'), 'pt2': ('PT2 int8', '.pt2'), 'torchscript': ('TorchScript', '.pt')}
+DEPLOYED = {'onnx': ('ONNX', '.onnx'), 'pt2': ('PT2', '.pt2'), 'torchscript': ('TorchScript', '.pt')}
 
 
 def deployed_classifier(kind: str, path: Path, compiled: bool):
@@ -40,7 +40,7 @@ def deployed_classifier(kind: str, path: Path, compiled: bool):
         return onnx_classifier(path)
     if kind == 'torchscript':
         return torchscript_classifier(path)
-    from src.deploy.pt2e import pt2_classifier  # imports torchao: only for --pt2
+    from src.deploy.pt2e import pt2_classifier  # imports torchao (an int8 program's ops): only for --pt2
     return pt2_classifier(path, compiled)
 
 
@@ -63,12 +63,13 @@ def main(argv=None) -> int:
                           help='run an ONNX classifier of tools/quantize.py or tools/export.py instead (class names '
                                'and preprocessing from the file)')
     deployed.add_argument('--pt2', type=Path, metavar='FILE',
-                          help='run a .pt2 int8 classifier of tools/quantize.py --backend pt2e instead (as --onnx)')
+                          help='run a .pt2 classifier of tools/quantize.py --backend pt2e (int8) or tools/export.py '
+                               '--format pt2 instead (as --onnx)')
     deployed.add_argument('--torchscript', type=Path, metavar='FILE',
                           help='run a .ts.pt classifier of tools/export.py instead (as --onnx)')
     p.add_argument('--compile', action='store_true',
-                   help="with --pt2: compile the program into oneDNN's int8 kernels first, as a service runs it "
-                        '(tens of seconds); without, its int8 arithmetic is emulated in fp32 ops')
+                   help='with --pt2: compile the program by inductor first (an int8 one into oneDNN int8 kernels), '
+                        'as a service runs it (tens of seconds); without, an int8 one is emulated in fp32 ops')
     p.set_defaults(model=None)  # None: the run's architecture (from its checkpoint), else convmlp_s
     args = p.parse_args(argv)
     kind, path = next(((kind, getattr(args, kind)) for kind in DEPLOYED if getattr(args, kind)), (None, None))

@@ -1,4 +1,5 @@
-"""Export ConvMLP to ONNX and TorchScript, each checked against the eager model before it is written.
+"""Export ConvMLP to ONNX, TorchScript and a ``torch.export`` program, each checked against the eager model
+before it is written.
 
 * ONNX: the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``; the dynamo exporter would
   need onnxscript), opset 17, dynamic batch, height and width on the input and on every output.
@@ -6,6 +7,8 @@
 * TorchScript: traced (ConvMLP has no data-dependent control flow; the input checks of
   ``ConvMLP.forward`` are Python-side and are not part of the traced graph). The check reloads the
   serialised module and runs it.
+* ``torch.export`` (``.pt2``, PyTorch's successor to TorchScript): dynamic batch, height and width (sides of
+  :data:`PROGRAM_MIN_SIDE` px and more); the check reloads the program and runs it.
 
 With its classifier head the model is exported as it is and returns logits (B, num_classes); built with
 ``classifier_head=False`` (or with ``dense=True``), its :meth:`~src.convmlp.ConvMLP.forward_dense` is exported:
@@ -24,10 +27,14 @@ import torch
 from torch import nn
 
 __all__ = ['exported_module', 'output_names', 'onnx_bytes', 'onnx_session', 'onnx_classifier', 'onnx_max_diff',
-           'torchscript_bytes', 'torchscript_classifier', 'torchscript_max_diff']
+           'torchscript_bytes', 'torchscript_classifier', 'torchscript_max_diff', 'PROGRAM_MIN_SIDE', 'program_bytes',
+           'program_max_diff']
 
 OPSET = 17
 INPUT_NAME = 'image'
+# a torch.export program's smallest height and width: at 32 px the stride-32 map is one pixel, a size
+# torch.export specializes, which would fix the program's sides
+PROGRAM_MIN_SIDE = 33
 
 
 class DenseMaps(nn.Module):
@@ -157,6 +164,30 @@ def torchscript_max_diff(scripted: bytes, model: nn.Module, inputs: Sequence[tor
     """Max abs difference between the reloaded TorchScript module and the eager ``model``, per input shape."""
     with _quiet_tracing():
         loaded = torch.jit.load(io.BytesIO(scripted), map_location='cpu').eval()
+    model.eval()
+    return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
+                                      [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}
+
+
+@torch.no_grad()
+def program_bytes(model: nn.Module, example: torch.Tensor, extra_files: Optional[Dict[str, str]] = None) -> bytes:
+    """The serialised ``torch.export`` program (a ``.pt2`` archive) of ``model`` in eval mode, traced on
+    ``example`` (sides at least :data:`PROGRAM_MIN_SIDE`) with dynamic batch (1 to 4096), height and width
+    (:data:`PROGRAM_MIN_SIDE` to 4096), with ``extra_files`` in its archive."""
+    dims = {0: torch.export.Dim('batch', min=1, max=4096),
+            2: torch.export.Dim('height', min=PROGRAM_MIN_SIDE, max=4096),
+            3: torch.export.Dim('width', min=PROGRAM_MIN_SIDE, max=4096)}
+    pair = example[:1].repeat(2, 1, 1, 1)  # batch 2: a batch of 1 would be specialized
+    program = torch.export.export(exported_module(model).eval(), (pair,), dynamic_shapes=(dims,))
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files=extra_files)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def program_max_diff(data: bytes, model: nn.Module, inputs: Sequence[torch.Tensor]) -> Dict[Tuple, float]:
+    """Max abs difference between the reloaded ``torch.export`` program and the eager ``model``, per input shape."""
+    loaded = torch.export.load(io.BytesIO(data)).module()
     model.eval()
     return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
                                       [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}

@@ -203,10 +203,11 @@ def load(data: bytes) -> nn.Module:
 
 
 def pt2_classifier(path, compiled: bool = False):
-    """A ``.pt2`` classifier of ``tools/quantize.py --backend pt2e`` as a :class:`~src.model_options.Classifier`,
-    as :func:`src.deploy.export.onnx_classifier`. Its model runs the program as it is (int8 arithmetic
-    emulated: dequantize, fp32 op, quantize; no compilation), or, ``compiled``, as :func:`compile_int8` makes
-    it (oneDNN's int8 kernels, what a service runs; tens of seconds per input shape first)."""
+    """A ``.pt2`` classifier (int8 of ``tools/quantize.py --backend pt2e``, or fp32 of ``tools/export.py --format
+    pt2``) as a :class:`~src.model_options.Classifier`, as :func:`src.deploy.export.onnx_classifier`. Its model
+    runs the program as it is (an int8 one's arithmetic emulated: dequantize, fp32 op, quantize), or,
+    ``compiled``, as :func:`compile_int8` makes it (for int8, oneDNN's int8 kernels, what a service runs; tens
+    of seconds per input shape first)."""
     from .metadata import served_classifier
 
     def load_program():

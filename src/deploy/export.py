@@ -26,9 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..convmlp import PatchMerge
+
 __all__ = ['exported_module', 'output_names', 'onnx_bytes', 'onnx_session', 'onnx_classifier', 'onnx_max_diff',
-           'torchscript_bytes', 'torchscript_classifier', 'torchscript_max_diff', 'PROGRAM_MIN_SIDE', 'program_bytes',
-           'program_max_diff']
+           'torchscript_bytes', 'torchscript_classifier', 'torchscript_max_diff', 'PROGRAM_MIN_SIDE',
+           'program_sides_dynamic', 'program_bytes', 'program_max_diff']
 
 OPSET = 17
 INPUT_NAME = 'image'
@@ -169,14 +171,23 @@ def torchscript_max_diff(scripted: bytes, model: nn.Module, inputs: Sequence[tor
                                       [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}
 
 
+def program_sides_dynamic(model: nn.Module) -> bool:
+    """Whether :func:`program_bytes` keeps ``model``'s height and width dynamic: not for an ablation row with
+    :class:`~src.convmlp.PatchMerge`, whose padding to even sizes torch.export cannot keep symbolic (its
+    constraint solver fails), so those programs take the traced sides only."""
+    return not any(isinstance(m, PatchMerge) for m in model.modules())
+
+
 @torch.no_grad()
 def program_bytes(model: nn.Module, example: torch.Tensor, extra_files: Optional[Dict[str, str]] = None) -> bytes:
     """The serialised ``torch.export`` program (a ``.pt2`` archive) of ``model`` in eval mode, traced on
     ``example`` (sides at least :data:`PROGRAM_MIN_SIDE`) with dynamic batch (1 to 4096), height and width
-    (:data:`PROGRAM_MIN_SIDE` to 4096), with ``extra_files`` in its archive."""
-    dims = {0: torch.export.Dim('batch', min=1, max=4096),
-            2: torch.export.Dim('height', min=PROGRAM_MIN_SIDE, max=4096),
-            3: torch.export.Dim('width', min=PROGRAM_MIN_SIDE, max=4096)}
+    (:data:`PROGRAM_MIN_SIDE` to 4096; fixed at the example's where :func:`program_sides_dynamic` says), with
+    ``extra_files`` in its archive."""
+    dims = {0: torch.export.Dim('batch', min=1, max=4096)}
+    if program_sides_dynamic(model):
+        dims.update({2: torch.export.Dim('height', min=PROGRAM_MIN_SIDE, max=4096),
+                     3: torch.export.Dim('width', min=PROGRAM_MIN_SIDE, max=4096)})
     pair = example[:1].repeat(2, 1, 1, 1)  # batch 2: a batch of 1 would be specialized
     program = torch.export.export(exported_module(model).eval(), (pair,), dynamic_shapes=(dims,))
     buf = io.BytesIO()

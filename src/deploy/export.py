@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -83,9 +83,18 @@ def _as_list(out) -> List[torch.Tensor]:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def _max_diff(a: Sequence, b: Sequence) -> float:
-    return max(float(np.abs(np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)).max())
-               for x, y in zip(a, b))
+def _max_diffs(run: Callable[[torch.Tensor], Sequence], model: nn.Module,
+               inputs: Sequence[torch.Tensor]) -> Dict[Tuple, float]:
+    """Max abs difference between ``run(x)`` (the exported file's outputs) and the eager ``model``'s, over
+    all outputs, per input shape."""
+    model.eval()
+    eager = exported_module(model)
+    diffs = {}
+    for x in inputs:
+        got, want = run(x), [t.numpy() for t in _as_list(eager(x))]
+        diffs[tuple(x.shape)] = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+                                    for a, b in zip(got, want))
+    return diffs
 
 
 @torch.no_grad()
@@ -145,9 +154,7 @@ def onnx_max_diff(onnx_model: bytes, model: nn.Module, inputs: Sequence[torch.Te
     """Max abs difference between onnxruntime (CPU) and the eager ``model`` over all outputs, per input
     shape."""
     session = onnx_session(onnx_model)
-    model.eval()
-    return {tuple(x.shape): _max_diff(session.run(None, {INPUT_NAME: x.numpy()}),
-                                      [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}
+    return _max_diffs(lambda x: session.run(None, {INPUT_NAME: x.numpy()}), model, inputs)
 
 
 @torch.no_grad()
@@ -166,9 +173,7 @@ def torchscript_max_diff(scripted: bytes, model: nn.Module, inputs: Sequence[tor
     """Max abs difference between the reloaded TorchScript module and the eager ``model``, per input shape."""
     with _quiet_tracing():
         loaded = torch.jit.load(io.BytesIO(scripted), map_location='cpu').eval()
-    model.eval()
-    return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
-                                      [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}
+    return _max_diffs(lambda x: [t.numpy() for t in _as_list(loaded(x))], model, inputs)
 
 
 def program_sides_dynamic(model: nn.Module) -> bool:
@@ -199,6 +204,4 @@ def program_bytes(model: nn.Module, example: torch.Tensor, extra_files: Optional
 def program_max_diff(data: bytes, model: nn.Module, inputs: Sequence[torch.Tensor]) -> Dict[Tuple, float]:
     """Max abs difference between the reloaded ``torch.export`` program and the eager ``model``, per input shape."""
     loaded = torch.export.load(io.BytesIO(data)).module()
-    model.eval()
-    return {tuple(x.shape): _max_diff([t.numpy() for t in _as_list(loaded(x))],
-                                      [t.numpy() for t in _as_list(exported_module(model)(x))]) for x in inputs}
+    return _max_diffs(lambda x: [t.numpy() for t in _as_list(loaded(x))], model, inputs)

@@ -18,11 +18,14 @@ install-mm:
 install-slurm:
 	@VENV=$(VENV) bash tools/install.sh slurm
 
+# the tests in 2 pytest-xdist workers of 1 thread each (tests/conftest.py: which tests go together, longest
+# first); TEST_WORKERS=0 runs them in this process, with 2 threads
+TEST_WORKERS ?= 2
 test: install-mm install-slurm
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-fast: install-mm install-slurm
-	$(PY) -m pytest -m 'not slow'
+	$(PY) -m pytest -n $(TEST_WORKERS) -m 'not slow'
 
 # main job: ConvMLP-S trained from scratch on scikit-learn's handwritten digits (an ImageFolder written to
 # data/digits), CPU only; prints the held-out top-1 and where the run's outputs are (output/demo_digits)

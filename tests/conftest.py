@@ -18,7 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MANIFEST = ROOT / 'tests' / 'data' / 'convmlp_state_dict_manifest.json'  # copy of ../shared's
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite uses 2 cores at most, shared by its pytest-xdist workers (`make test` runs 2): each worker's torch
+# gets cores / workers threads, and so do the processes its tests start (OMP_NUM_THREADS, unless a test sets its
+# own): more threads than cores slows a step tenfold.
+WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ['OMP_NUM_THREADS'] = str(THREADS)
 
 SHM, SHM_NEEDED, SHM_PREFIX = Path('/dev/shm'), 6 << 30, 'convmlp-pytest-'
 _SHM_BASE = pytest.StashKey[str]()
@@ -40,6 +47,40 @@ def pytest_configure(config):
             shutil.rmtree(old, ignore_errors=True)
     if shutil.disk_usage(SHM).free >= SHM_NEEDED:
         config.option.basetemp = config.stash[_SHM_BASE] = tempfile.mkdtemp(prefix=SHM_PREFIX, dir=SHM)
+
+
+# pytest-xdist (`make test`: 2 workers): a module's tests run in one worker, so its module fixtures are made
+# once, and so do the modules that share the session's Semantic FPN reference run (fpn_reference). Modules are
+# handed out longest first, so the two workers end together; seconds of each (calls and fixtures) from a serial
+# run on an AVX2-only EPYC (docs/testing.md), the others after these in xdist's order.
+SHARED_SCOPE = {'tests/test_slurm.py': 'tests/test_dense_resume.py'}
+MODULE_SECONDS = {'tests/test_dense_resume.py': 158 + 105, 'tests/test_quantize.py': 142, 'tests/test_fastpath.py': 99,
+                  'tests/test_transfer.py': 73, 'tests/test_timm_contract.py': 70, 'tests/test_accumulation.py': 40,
+                  'tests/test_detection.py': 37, 'tests/test_preemption.py': 36, 'tests/test_cam.py': 25,
+                  'tests/test_layout.py': 23, 'tests/test_segmentation.py': 23, 'tests/test_ablation.py': 22,
+                  'tests/test_tools.py': 20, 'tests/test_classification_dist.py': 19}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """The scheduling above, in place of xdist's default (``--dist load``); another ``--dist`` is left as is."""
+    if config.getoption('dist') != 'load':
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesLongestFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split('::', 1)[0]
+            return SHARED_SCOPE.get(module, module)
+
+        def _assign_work_unit(self, node):
+            if not getattr(self, 'ordered', False):  # the queue is complete at the first assignment
+                for scope in sorted(self.workqueue, key=lambda m: -MODULE_SECONDS.get(m, 0)):
+                    self.workqueue.move_to_end(scope)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return ModulesLongestFirst(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):

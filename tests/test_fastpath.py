@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from conftest import ROOT
+from conftest import ROOT, THREADS
 from helpers import load_tool, randomize_norms
 from src import convmlp_s
 from src.utils import precision
@@ -275,7 +275,8 @@ def test_benchmark_tool_smoke(tmp_path):
     cmd = [sys.executable, 'tools/benchmark.py', '--modes', 'infer', '--dtypes', 'fp32', '--compile', 'off',
            '--fuse', 'only', '--res', '32', '--batch', '1', '--iters', '1', '--warmup', '0', '--rounds', '1',
            '--sweep-res', '--sweep-batch', '--agreement', '0', '--ckpt-batch', '0', '--int8-keep-fp32', 'first_conv',
-           '--peak-repeats', '1', '--no-malloc-rows',  # their rows: test_benchmark_matrix_rows
+           '--peak-repeats', '1', '--threads', str(THREADS),
+           '--no-malloc-rows',  # their rows: test_benchmark_matrix_rows
            '--out', str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from classification_helpers import make_image_folder, run
-from conftest import ROOT
+from conftest import ROOT, THREADS
 from helpers import load_tool, randomize_norms
 from src.convmlp import convmlp_m, convmlp_s, convmlp_s_pure_mlp
 from src.deploy import quantize as q
@@ -43,7 +43,7 @@ def digits_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('digits')
     data = write_digits_imagefolder(tmp / 'data')
     proc = run([data, '-c', 'configs/classification/demo_digits.yml', '--output', tmp / 'out',
-                '--experiment', 'demo'], env={'OMP_NUM_THREADS': '2'})
+                '--experiment', 'demo'], env={'OMP_NUM_THREADS': str(THREADS)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return data, tmp / 'out' / 'demo' / 'best.pth.tar'
 

@@ -17,6 +17,7 @@ from src import zoo
 from src.convmlp import ConvMLP, convmlp_s
 from src.deploy.export import onnx_bytes, onnx_max_diff, onnx_session, torchscript_bytes
 from src.perf.flops import count_macs
+from src.utils.threads import torch_threads
 
 
 complexity, visualize, export, zoo_table = (load_tool(n) for n in ('complexity', 'visualize', 'export', 'zoo_table'))
@@ -154,6 +155,16 @@ def test_onnx_round_trip_two_sizes():
     diffs = onnx_max_diff(data, model, inputs)
     assert list(diffs) == [(1, 3, 80, 112), (3, 3, 128, 96)]
     assert all(d <= 1e-4 for d in diffs.values()), diffs
+
+
+def test_onnx_session_threads_follow_torch():
+    """Unless told, an ONNX Runtime session takes torch's thread count (OMP_NUM_THREADS where it is set), not
+    ONNX Runtime's one per core: processes sharing the cores by OMP_NUM_THREADS=1 would each spin more threads."""
+    data = onnx_bytes(convmlp_s(num_classes=2).eval(), torch.randn(1, 3, 32, 32))
+    for threads in (1, 2):
+        with torch_threads(threads):
+            assert onnx_session(data).get_session_options().intra_op_num_threads == threads
+            assert onnx_session(data, threads=3).get_session_options().intra_op_num_threads == 3
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')

@@ -78,7 +78,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                    help="onnxruntime (default: ONNX Runtime's quantizer, an .onnx file any ONNX runtime loads) or "
                         "pt2e (PyTorch's own: torchao's x86 inductor quantizer, a torch.export .pt2 program run "
                         "compiled by inductor; faster on x86, needs torch + torchao + a C++ compiler to run)")
-    p.add_argument('--threads', type=int, help="threads of the runs (default: one per core)")
+    p.add_argument('--threads', type=int, help="threads of the runs (default: OMP_NUM_THREADS, else one per core)")
     p.add_argument('--out', type=Path, help='the int8 model (default exports/MODEL[_features]_int8.onnx, with '
                    '--backend pt2e .pt2)')
     p.add_argument('--overwrite', action='store_true', help='replace OUT and its reports if they exist')

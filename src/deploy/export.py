@@ -116,12 +116,13 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = OPSET, dens
 
 def onnx_session(onnx_model: Union[bytes, str], threads: Optional[int] = None, profile_prefix: Optional[str] = None):
     """An ONNX Runtime session on the CPU for a serialised model (or a file): ``threads`` intra-op threads
-    (None: ONNX Runtime's default, one per core), one inter-op thread, every graph optimization; with
-    ``profile_prefix``, ONNX Runtime's profiling on, its JSON file named from that prefix."""
+    (None: as many as torch's, so OMP_NUM_THREADS where it is set, else one per core; ONNX Runtime's own default
+    ignores OMP_NUM_THREADS, and its spinning threads then fight a process's neighbours for the cores), one
+    inter-op thread, every graph optimization; with ``profile_prefix``, ONNX Runtime's profiling on, its JSON
+    file named from that prefix."""
     import onnxruntime as ort
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     if profile_prefix:
         options.enable_profiling = True

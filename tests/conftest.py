@@ -1,5 +1,5 @@
 """Shared fixtures: an isolated torch hub cache and a local HTTP server that serves checkpoints; test folders
-in memory where the machine has room."""
+in memory where the machine has room; the threads of each pytest-xdist worker and which tests run together."""
 import http.server
 import logging
 import os

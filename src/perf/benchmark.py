@@ -240,7 +240,7 @@ def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
         data = int8.onnx
         info = dict(int8_nodes=sum(q.op_summary(data)['int8'].values()), fp32_nodes=int8.fp32_nodes,
                     quantize_s=time.perf_counter() - start)
-    session = onnx_session(data, torch.get_num_threads())
+    session = onnx_session(data)  # torch's threads
     feed = {INPUT_NAME: x.numpy()}
 
     def step():

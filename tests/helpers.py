@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: the tools as modules, models whose norms are not at their initial values, a free
-port for a rendezvous, waiting for a running process's log to show something."""
+"""Helpers shared by the tests: the tools as modules, a tiny ConvMLP, models whose norms are not at their initial
+values, a free port for a rendezvous, waiting for a running process's log to show something."""
 import importlib.util
 import socket
 import subprocess
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from conftest import ROOT
+from src.convmlp import ConvMLP
 
 
 def load_tool(name: str):
@@ -19,6 +20,14 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_convmlp(seed: int = 0, **kwargs) -> ConvMLP:
+    """ConvMLP with ConvMLP-S's strides and layers, 1 block per stage, narrow: a fraction of a second per pass."""
+    torch.manual_seed(seed)
+    kwargs = dict(dict(num_classes=3, n_conv_blocks=1), **kwargs)
+    return ConvMLP(blocks=(1, 1, 1), dims=(32, 64, 128), mlp_ratios=(1, 1, 1), channels=16,
+                   drop_path_rate=0., **kwargs).eval()
 
 
 def randomize_norms(model: nn.Module, seed: int = 1) -> nn.Module:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import load_tool
+from helpers import load_tool, tiny_convmlp
 from src.convmlp import ConvMLP, convmlp_s, nchw_view
 from src.explain.cam import (METHODS, class_activation_maps, convmlp_layers, layer_map_sizes, maps_by_method,
                              resolve_class)
@@ -20,14 +20,6 @@ from src.utils.threads import torch_threads
 pytest.importorskip('pytorch_grad_cam')
 SIZES = [(65, 47), (33, 33)]
 CROPS = dict(size=(128, 96), seed=0, crop_size=64, radius=(0.16, 0.30))  # the transfer workflow's crops
-
-
-def tiny_convmlp(seed: int = 0, **kwargs) -> ConvMLP:
-    """ConvMLP with ConvMLP-S's strides and layers, 1 block per stage, narrow: a fraction of a second per pass."""
-    torch.manual_seed(seed)
-    kwargs = dict(dict(num_classes=3, n_conv_blocks=1), **kwargs)
-    return ConvMLP(blocks=(1, 1, 1), dims=(32, 64, 128), mlp_ratios=(1, 1, 1), channels=16,
-                   drop_path_rate=0., **kwargs).eval()
 
 
 @pytest.fixture(scope='module')

@@ -356,15 +356,21 @@ def test_products_share_counts_products_and_nothing_else():
 
 def test_benchmark_matrix_rows():
     """The rows of a benchmark run, in order: the allocator rows beside the baseline and the fast path (the
-    smoke run above leaves them out to save two processes), ONNX Runtime fp32 and int8, the floor."""
+    smoke run above leaves them out to save two processes), ONNX Runtime fp32 and int8, PT2E's int8 as compiled by
+    default and with max-autotune, the floor; max-autotune is a setting of the pt2e path only."""
     from src.perf import benchmark as bench
     rows = bench.matrix(['convmlp_s'], ['infer'], ['fp32'], [False], [True], 1, 32, int8_keep_fp32=['first_conv'],
-                        int8_backends=['onnxruntime', 'pt2e'])
+                        int8_backends=['onnxruntime', 'pt2e', 'pt2e-max-autotune'])
     assert [(r.label, r.malloc) for r in rows] == [
         ('baseline (release)', 'system'), ('baseline (release) + keep malloc', 'keep'),
         ('fp32 eager fused system malloc', 'system'), ('fp32 eager fused', 'keep'),
         ('fp32 onnxruntime fused', 'keep'), ('int8 onnxruntime fused (first_conv in fp32)', 'keep'),
-        ('int8 pt2e compiled fused (first_conv in fp32)', 'keep'), ('fp32 fused matrix products alone (floor)', 'keep')]
+        ('int8 pt2e compiled fused (first_conv in fp32)', 'keep'),
+        ('int8 pt2e compiled max-autotune fused (first_conv in fp32)', 'keep'),
+        ('fp32 fused matrix products alone (floor)', 'keep')]
+    assert [r.max_autotune for r in rows if r.path == 'pt2e'] == [False, True]
+    with pytest.raises(ValueError, match='max_autotune is a setting of the pt2e path'):
+        bench.Config(path='onnx', dtype='int8', max_autotune=True)
 
 
 def test_benchmark_rounds_keep_each_rows_fastest_round(monkeypatch):

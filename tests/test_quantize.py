@@ -13,7 +13,7 @@ import torch
 
 from classification_helpers import make_image_folder, run
 from conftest import ROOT, THREADS
-from helpers import load_tool, randomize_norms
+from helpers import load_tool, randomize_norms, tiny_convmlp
 from src.convmlp import convmlp_m, convmlp_s, convmlp_s_pure_mlp
 from src.deploy import quantize as q
 from src.deploy.export import onnx_bytes, onnx_session
@@ -196,6 +196,22 @@ def test_flat_mlps_keep_outputs_and_keys():
     assert pt2e.fp32_modules(exported_module(model, dense=True), 'tokenizer') == ['model.tokenizer']
 
 
+def test_pt2e_compiled_with_max_autotune_computes_the_same_model():
+    """compile_int8(max_autotune=True) (tools/predict.py --compile --max-autotune): inductor's C++ int8 GEMMs,
+    where they time faster than oneDNN's (AVX512-VNNI and AMX CPUs; elsewhere oneDNN's kernels are the only
+    choice), give the default compile's logits within int8 rounding, and both the program's classes."""
+    from src.deploy import pt2e
+    model = randomize_norms(tiny_convmlp(num_classes=10))
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    int8 = pt2e.quantize(model, x.numpy())
+    with torch.no_grad():
+        emulated = pt2e.load(int8.data)(x)
+        default, tuned = (pt2e.compile_int8(pt2e.load(int8.data), max_autotune=tune)(x) for tune in (False, True))
+    spread = (emulated.max() - emulated.min()).item()
+    assert (tuned - default).abs().max() < 0.05 * spread and (default - emulated).abs().max() < 0.05 * spread
+    assert (tuned.argmax(1) == default.argmax(1)).sum() >= 7 and (default.argmax(1) == emulated.argmax(1)).sum() >= 7
+
+
 def test_node_groups_follow_the_architecture():
     """first conv, the tokenizer's three, the stem's ten (tokenizer, S's two conv-stage bottlenecks of three,
     the downsampling conv); the same in the headless graph; a patch tokenizer's one conv."""
@@ -281,6 +297,8 @@ def test_predict_runs_an_onnx_file_by_its_metadata(tmp_path, capsys):
                           ([str(image), '--onnx', str(good), '--checkpoint', 'x.pth'], 'drop --model/--checkpoint'),
                           ([str(image), '--onnx', str(good), '--pt2', 'x.pt2'], 'not allowed with argument --onnx'),
                           ([str(image), '--onnx', str(good), '--compile'], '--compile compiles a --pt2 program'),
+                          ([str(image), '--pt2', 'x.pt2', '--max-autotune'],
+                           '--max-autotune is a setting of --compile'),
                           ([str(image), '--pt2', str(good)], f'--pt2 {good}: expects a .pt2 file')):
         with pytest.raises(SystemExit) as exit_:
             predict.main(args)

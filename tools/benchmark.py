@@ -15,8 +15,8 @@ The "onnxruntime" row runs the exported ONNX model (src/deploy/export.py) under 
 its parity to the eager model (max abs difference of the logits, top-1 agreement) below the table; the "int8
 onnxruntime" rows run it quantized as tools/quantize.py does (one row per --int8-keep-fp32 group), the "int8 pt2e
 compiled" rows the model quantized by PT2E and compiled by inductor as tools/quantize.py --backend pt2e does
-(compilation untimed), and below the table each int8 row's speed-up over the faster fp32 inference path of the
-run (eager fused or ONNX Runtime).
+(compilation untimed; "max-autotune" with inductor's C++ int8 GEMMs where they time faster), and below the
+table each int8 row's speed-up over the faster fp32 inference path of the run (eager fused or ONNX Runtime).
 The output starts with the CPU's instruction set and its int8 instructions (VNNI, AMX); rows in a dtype the CPU
 only emulates (bf16 without AVX512-BF16 / AMX) are marked "emulated". Every row gives the load average when it
 was timed: on a shared machine compare rows of one run only.
@@ -57,9 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--int8-keep-fp32', nargs='*', default=['first_conv', 'tokenizer'], choices=KEEP_FP32_ORDER,
                    metavar='GROUP', help='CPU, with the onnx rows: an int8 ONNX Runtime row per group of convolutions '
                    f'left in fp32 ({", ".join(KEEP_FP32_ORDER)}; default first_conv tokenizer; none given: no int8 row)')
-    p.add_argument('--int8-backends', nargs='+', default=['onnxruntime', 'pt2e'], choices=['onnxruntime', 'pt2e'],
-                   help='CPU, with the onnx rows: the int8 paths timed for each --int8-keep-fp32 group (default both: '
-                        "ONNX Runtime's int8 model, and PT2E compiled by inductor as tools/quantize.py --backend pt2e)")
+    p.add_argument('--int8-backends', nargs='+', default=['onnxruntime', 'pt2e'], choices=list(bench.INT8_BACKENDS),
+                   help='CPU, with the onnx rows: the int8 paths timed for each --int8-keep-fp32 group (default '
+                        "onnxruntime pt2e: ONNX Runtime's int8 model, and PT2E compiled by inductor as "
+                        "tools/quantize.py --backend pt2e; pt2e-max-autotune: the same compiled with inductor's "
+                        'max-autotune, as tools/predict.py --compile --max-autotune runs it)')
     p.add_argument('--floor-rows', action=argparse.BooleanOptionalAction, default=True,
                    help="rows with the time of the fast path's matrix products alone (timed inside its step): "
                         'the most any change to the non-product work could give')

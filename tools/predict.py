@@ -34,14 +34,14 @@ from src.utils.shutdown import exit_process  # noqa: E402
 DEPLOYED = {'onnx': ('ONNX', '.onnx'), 'pt2': ('PT2', '.pt2'), 'torchscript': ('TorchScript', '.pt')}
 
 
-def deployed_classifier(kind: str, path: Path, compiled: bool):
+def deployed_classifier(kind: str, path: Path, compiled: bool, max_autotune: bool = False):
     """The classifier of a deployed file (``kind`` a key of :data:`DEPLOYED`), by the metadata stored in it."""
     if kind == 'onnx':
         return onnx_classifier(path)
     if kind == 'torchscript':
         return torchscript_classifier(path)
     from src.deploy.pt2e import pt2_classifier  # imports torchao (an int8 program's ops): only for --pt2
-    return pt2_classifier(path, compiled)
+    return pt2_classifier(path, compiled, max_autotune)
 
 
 def top5(model, images: Sequence[np.ndarray], data_cfg: dict) -> List[List[Tuple[int, float]]]:
@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument('--compile', action='store_true',
                    help='with --pt2: compile the program by inductor first (an int8 one into oneDNN int8 kernels), '
                         'as a service runs it (tens of seconds); without, an int8 one is emulated in fp32 ops')
+    p.add_argument('--max-autotune', action='store_true',
+                   help="with --compile: also time inductor's C++ int8 GEMMs against oneDNN's for each quantized "
+                        'linear and keep the faster (AVX512-VNNI and AMX CPUs; minutes the first time)')
     p.set_defaults(model=None)  # None: the run's architecture (from its checkpoint), else convmlp_s
     args = p.parse_args(argv)
     kind, path = next(((kind, getattr(args, kind)) for kind in DEPLOYED if getattr(args, kind)), (None, None))
@@ -77,6 +80,8 @@ def main(argv=None) -> int:
         p.error(f'--{kind} runs the file as it is: drop --model/--checkpoint/--random/--use-ema')
     if args.compile and kind != 'pt2':
         p.error('--compile compiles a --pt2 program: give --pt2 FILE, or drop --compile')
+    if args.max_autotune and not args.compile:
+        p.error('--max-autotune is a setting of --compile: add --compile, or drop --max-autotune')
     try:
         images = read_images(args.images)
         if path and not path.is_file():
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
         fail(e)
     if path:
         try:
-            clf = deployed_classifier(kind, path, args.compile)
+            clf = deployed_classifier(kind, path, args.compile, args.max_autotune)
         except ValueError as e:
             fail(e)
     else:

@@ -182,15 +182,21 @@ def _node_counts(graph: torch.fx.GraphModule) -> dict:
     return counts
 
 
-def compile_int8(graph: nn.Module) -> Callable[[torch.Tensor], object]:
+def compile_int8(graph: nn.Module, max_autotune: bool = False) -> Callable[[torch.Tensor], object]:
     """``graph`` compiled by inductor with frozen weights (the step that lowers the quantized patterns to
-    oneDNN int8 kernels); it compiles on the first call of each input shape."""
+    oneDNN int8 kernels); it compiles on the first call of each input shape. ``max_autotune``: each quantized
+    linear also gets inductor's C++ GEMM template, which has int8 micro-kernels for AVX512-VNNI and AMX only,
+    and runs whichever of it and oneDNN's kernel times faster at compile (minutes the first time, then from
+    inductor's cache; on a CPU without those instructions oneDNN's kernel is the only choice)."""
     _quantizer_classes()  # registers torchao's inductor passes
     import torch._inductor.config as inductor_config
     compiled = torch.compile(graph, dynamic=False)
+    settings = dict(freezing=True)
+    if max_autotune:
+        settings.update(max_autotune=True, max_autotune_gemm_backends='CPP,ATEN')
 
     def run(x: torch.Tensor):
-        with torch.no_grad(), inductor_config.patch(freezing=True), warnings.catch_warnings():
+        with torch.no_grad(), inductor_config.patch(**settings), warnings.catch_warnings():
             warnings.filterwarnings('ignore', 'To copy construct from a tensor', UserWarning)  # inductor's own
             return compiled(x)
     return run
@@ -202,17 +208,17 @@ def load(data: bytes) -> nn.Module:
     return torch.export.load(io.BytesIO(data)).module()
 
 
-def pt2_classifier(path, compiled: bool = False):
+def pt2_classifier(path, compiled: bool = False, max_autotune: bool = False):
     """A ``.pt2`` classifier (int8 of ``tools/quantize.py --backend pt2e``, or fp32 of ``tools/export.py --format
     pt2``) as a :class:`~src.model_options.Classifier`, as :func:`src.deploy.export.onnx_classifier`. Its model
     runs the program as it is (an int8 one's arithmetic emulated: dequantize, fp32 op, quantize), or,
     ``compiled``, as :func:`compile_int8` makes it (for int8, oneDNN's int8 kernels, what a service runs; tens
-    of seconds per input shape first)."""
+    of seconds per input shape first; ``max_autotune`` as :func:`compile_int8`'s)."""
     from .metadata import served_classifier
 
     def load_program():
         graph = load(Path(path).read_bytes())
-        return compile_int8(graph) if compiled else graph
+        return compile_int8(graph, max_autotune) if compiled else graph
     return served_classifier(path, load_program)
 
 

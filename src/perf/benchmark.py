@@ -22,6 +22,9 @@ Paths:
     ``int8``: the export quantized as ``tools/quantize.py`` does (:mod:`src.deploy.quantize`, the convolutions
     of ``keep_fp32`` left in fp32), calibrated on the timed batch itself: random weights and inputs, so its
     parity says nothing about accuracy (``tools/quantize.py`` measures that on real data); the speed is real.
+  * ``pt2e`` (CPU, int8 inference): the model quantized by PT2E as ``tools/quantize.py --backend pt2e`` does,
+    calibrated on the timed batch as the onnx path's int8, compiled by inductor (:mod:`src.deploy.pt2e`;
+    ``max_autotune``: with inductor's C++ int8 GEMMs where they time faster than oneDNN's).
   ``malloc`` can be set either way on the first two paths, to show what the allocator alone contributes.
 
 Every row also records the machine's load average (1 min) when its timing ends: on a shared machine, read
@@ -60,12 +63,15 @@ from ..utils.malloc import keep_freed_memory
 from ..utils.shutdown import exit_process
 from .product_share import onnx_products_share, torch_products_share
 
-__all__ = ['Config', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes', 'matmul_peak_gflops',
-           'step_flops', 'bf16_agreement', 'ProductTimer', 'int8_speedups']
+__all__ = ['Config', 'INT8_BACKENDS', 'ReleaseForward', 'run_config', 'measure', 'peak_tensor_bytes',
+           'matmul_peak_gflops', 'step_flops', 'bf16_agreement', 'ProductTimer', 'int8_speedups']
 
 BUILDERS = {'convmlp_s': convmlp_s, 'convmlp_m': convmlp_m, 'convmlp_l': convmlp_l}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 INT8 = 'int8'  # the onnx path's quantized dtype (src.deploy.quantize), not an autocast dtype
+# the int8 backends of the benchmark's rows: their Config settings
+INT8_BACKENDS = {'onnxruntime': dict(path='onnx'), 'pt2e': dict(path='pt2e'),
+                 'pt2e-max-autotune': dict(path='pt2e', max_autotune=True)}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -77,6 +83,7 @@ class Config:
     path: str = 'fast'             # 'baseline' | 'fast' | 'floor' (the fast path's products alone) | 'onnx' | 'pt2e'
     dtype: str = 'fp32'            # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only) | 'int8' (onnx, pt2e)
     keep_fp32: str = ''            # int8: the convolutions left in fp32 (src.deploy.quantize.KEEP_FP32_ORDER)
+    max_autotune: bool = False     # pt2e: compiled with inductor's max-autotune (src.deploy.pt2e.compile_int8)
     compiled: bool = False
     fused: bool = False            # BatchNorm folded into convs (inference only)
     checkpointing: bool = False    # gradient checkpointing (training only)
@@ -111,6 +118,8 @@ class Config:
             raise ValueError('the onnx path is fp32 or int8 inference under ONNX Runtime on the CPU, not compiled')
         if self.path == 'pt2e' and (self.mode != 'infer' or self.dtype != INT8 or self.device != 'cpu'):
             raise ValueError('the pt2e path is int8 inference on the CPU (PT2E, compiled by inductor)')
+        if self.max_autotune and self.path != 'pt2e':
+            raise ValueError('max_autotune is a setting of the pt2e path')
         if self.fused and self.mode == 'train':
             raise ValueError('fused BatchNorm is for inference: training needs batch statistics')
         if self.checkpointing and self.mode == 'infer':
@@ -125,7 +134,8 @@ class Config:
         if self.path == 'onnx':
             return f"{self.dtype} onnxruntime{' fused' * self.fused}" + (f' ({self.keep_fp32} in fp32)' * bool(self.keep_fp32))
         if self.path == 'pt2e':
-            return f"{self.dtype} pt2e compiled{' fused' * self.fused} ({self.keep_fp32} in fp32)"
+            return (f"{self.dtype} pt2e compiled{' max-autotune' * self.max_autotune}{' fused' * self.fused} "
+                    f"({self.keep_fp32} in fp32)")
         parts = [self.dtype, 'compiled' if self.compiled else 'eager']
         parts += ['fused'] * self.fused + ['ckpt'] * self.checkpointing + ['system malloc'] * (self.malloc == 'system')
         return ' '.join(parts)
@@ -181,7 +191,7 @@ def _build(cfg: Config):
     if cfg.path == 'onnx':
         return _onnx_build(model.fuse(inplace=True) if cfg.fused else model.eval(), x, cfg.keep_fp32)
     if cfg.path == 'pt2e':
-        return _pt2e_build(model.eval(), x, cfg.keep_fp32)
+        return _pt2e_build(model.eval(), x, cfg.keep_fp32, cfg.max_autotune)
     if cfg.path == 'baseline':
         net: nn.Module = ReleaseForward(model)
     else:
@@ -249,16 +259,17 @@ def _onnx_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str = ''):
                               products_share=onnx_products_share(data, feed, torch.get_num_threads()), **info)
 
 
-def _pt2e_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str):
+def _pt2e_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str, max_autotune: bool = False):
     """(step, extras) for the ``pt2e`` path: ``model`` quantized by PT2E as ``tools/quantize.py --backend pt2e``
-    does (:mod:`src.deploy.pt2e`: fused, calibrated on ``x``, saved and loaded back), compiled by inductor; the
-    build runs the step once, so the compilation is not timed. ``extras()``: the parity with the eager model,
+    does (:mod:`src.deploy.pt2e`: fused, calibrated on ``x``, saved and loaded back), compiled by inductor
+    (``max_autotune``: as :func:`~src.deploy.pt2e.compile_int8` says); the build runs the step once, so the
+    compilation is not timed. ``extras()``: the parity with the eager model,
     the products in int8, the seconds quantization and compilation took."""
     from ..deploy import pt2e
     start = time.perf_counter()
     int8 = pt2e.quantize(model, x.numpy(), keep_fp32)
     quantized = time.perf_counter()
-    run = pt2e.compile_int8(pt2e.load(int8.data))  # the saved program, as a service loads it
+    run = pt2e.compile_int8(pt2e.load(int8.data), max_autotune)  # the saved program, as a service loads it
     run(x)
     compiled = time.perf_counter()
 
@@ -359,8 +370,8 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
         # ONNX Runtime's buffers are not torch tensors: only RSS sees them
         tensor_mib = float('nan') if cfg.path == 'onnx' else peak_tensor_bytes(step) / 2 ** 20
     best = min(times)  # best of N: the least disturbed step on a shared machine
-    profiled = {}  # the onnx path's share comes with its extras
-    if cfg.mode == 'infer' and not cuda and cfg.path in ('fast', 'pt2e'):
+    profiled = {}  # the onnx path's share comes with its extras; max-autotune's C++ GEMMs run inside the compiled
+    if cfg.mode == 'infer' and not cuda and cfg.path in ('fast', 'pt2e') and not cfg.max_autotune:  # graph's call
         profiled['products_share'] = torch_products_share(step)
     result = dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
                   mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
@@ -531,8 +542,8 @@ def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: Lis
     ``malloc_rows``: also the baseline with kept freed memory and the fp32 eager fast path with glibc's
     default malloc, so the allocator's share of each speed-up is visible. ``onnx_rows``: CPU inference with
     fp32 among ``dtypes``, the model under ONNX Runtime (path ``onnx``, fused as the last eager fp32 row), and
-    after it the int8 model, one row per backend of ``int8_backends`` (``onnxruntime``, ``pt2e``) and group
-    of ``int8_keep_fp32`` (the convolutions left in fp32).
+    after it the int8 model, one row per backend of ``int8_backends`` (``onnxruntime``, ``pt2e``,
+    ``pt2e-max-autotune``) and group of ``int8_keep_fp32`` (the convolutions left in fp32).
     ``floor_rows``: last, per dtype, the fast path's matrix products alone (path ``floor``)."""
     configs = []
     for model in models:
@@ -548,8 +559,7 @@ def matrix(models: List[str], modes: List[str], dtypes: List[str], compiled: Lis
                         configs.append(Config(dtype=dtype, compiled=comp, fused=fuse, **common))
             if onnx_rows and mode == 'infer' and device == 'cpu' and 'fp32' in dtypes:
                 configs.append(Config(path='onnx', fused=True in fused, **common))
-                configs += [Config(path='onnx' if backend == 'onnxruntime' else backend, dtype=INT8, keep_fp32=keep,
-                                   fused=True in fused, **common)
+                configs += [Config(dtype=INT8, keep_fp32=keep, fused=True in fused, **INT8_BACKENDS[backend], **common)
                             for backend in int8_backends for keep in int8_keep_fp32]
             if floor_rows:
                 configs += [Config(path='floor', dtype=dtype, fused=mode == 'infer' and True in fused, **common)

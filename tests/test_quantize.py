@@ -196,20 +196,21 @@ def test_flat_mlps_keep_outputs_and_keys():
     assert pt2e.fp32_modules(exported_module(model, dense=True), 'tokenizer') == ['model.tokenizer']
 
 
+@pytest.mark.slow
 def test_pt2e_compiled_with_max_autotune_computes_the_same_model():
     """compile_int8(max_autotune=True) (tools/predict.py --compile --max-autotune): inductor's C++ int8 GEMMs,
-    where they time faster than oneDNN's (AVX512-VNNI and AMX CPUs; elsewhere oneDNN's kernels are the only
-    choice), give the default compile's logits within int8 rounding, and both the program's classes."""
+    where they time faster than oneDNN's (AVX512-VNNI and AMX CPUs, where generating and timing them takes most
+    of this test; elsewhere oneDNN's kernels are the only choice), give the program's logits within int8
+    rounding and its classes."""
     from src.deploy import pt2e
     model = randomize_norms(tiny_convmlp(num_classes=10))
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     int8 = pt2e.quantize(model, x.numpy())
     with torch.no_grad():
         emulated = pt2e.load(int8.data)(x)
-        default, tuned = (pt2e.compile_int8(pt2e.load(int8.data), max_autotune=tune)(x) for tune in (False, True))
-    spread = (emulated.max() - emulated.min()).item()
-    assert (tuned - default).abs().max() < 0.05 * spread and (default - emulated).abs().max() < 0.05 * spread
-    assert (tuned.argmax(1) == default.argmax(1)).sum() >= 7 and (default.argmax(1) == emulated.argmax(1)).sum() >= 7
+        tuned = pt2e.compile_int8(pt2e.load(int8.data), max_autotune=True)(x)
+    assert (tuned - emulated).abs().max() < 0.05 * (emulated.max() - emulated.min()).item()
+    assert (tuned.argmax(1) == emulated.argmax(1)).sum() >= 7
 
 
 def test_node_groups_follow_the_architecture():

@@ -263,8 +263,8 @@ def _pt2e_build(model: ConvMLP, x: torch.Tensor, keep_fp32: str, max_autotune: b
     """(step, extras) for the ``pt2e`` path: ``model`` quantized by PT2E as ``tools/quantize.py --backend pt2e``
     does (:mod:`src.deploy.pt2e`: fused, calibrated on ``x``, saved and loaded back), compiled by inductor
     (``max_autotune``: as :func:`~src.deploy.pt2e.compile_int8` says); the build runs the step once, so the
-    compilation is not timed. ``extras()``: the parity with the eager model,
-    the products in int8, the seconds quantization and compilation took."""
+    compilation is not timed. ``extras()``: the parity with the eager model, the products in int8, the seconds
+    quantization and compilation took."""
     from ..deploy import pt2e
     start = time.perf_counter()
     int8 = pt2e.quantize(model, x.numpy(), keep_fp32)
@@ -370,8 +370,10 @@ def run_config(cfg: Config, iters: int, warmup: int, threads: int) -> Dict:
         # ONNX Runtime's buffers are not torch tensors: only RSS sees them
         tensor_mib = float('nan') if cfg.path == 'onnx' else peak_tensor_bytes(step) / 2 ** 20
     best = min(times)  # best of N: the least disturbed step on a shared machine
-    profiled = {}  # the onnx path's share comes with its extras; max-autotune's C++ GEMMs run inside the compiled
-    if cfg.mode == 'infer' and not cuda and cfg.path in ('fast', 'pt2e') and not cfg.max_autotune:  # graph's call
+    # the onnx path's share comes with its extras; max-autotune's C++ GEMMs run inside the compiled graph's call,
+    # where the profiler cannot tell them from the element-wise loops
+    profiled = {}
+    if cfg.mode == 'infer' and not cuda and cfg.path in ('fast', 'pt2e') and not cfg.max_autotune:
         profiled['products_share'] = torch_products_share(step)
     result = dict(config=dataclasses.asdict(cfg), label=cfg.label, best_sec=best,
                   mean_sec=sum(times) / len(times), images_per_s=cfg.batch / best, tensor_mib=tensor_mib,
